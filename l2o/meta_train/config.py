@@ -1,0 +1,123 @@
+"""Meta-training configuration: a plain dataclass, loaded from TOML, overridable by `key=value`."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from l2o.errors import ConfigError
+
+
+@dataclasses.dataclass
+class Config:
+    """Every knob of a meta-training run. The defaults are the quickstart's (configs/quickstart.toml)."""
+
+    optimizer: str = "lstm"  # architecture name, see `l2o list`
+    optimizer_args: Dict[str, Any] = dataclasses.field(default_factory=dict)  # its hyperparameters
+    suite: str = "quickstart"  # task suite, see `l2o list`
+    tasks_per_family: int = 8  # B: persistent inner trajectories per task family (vmapped together)
+    unroll_length: int = 20  # K: inner steps per truncation
+    horizon: int = 0  # T: inner steps per task; 0 = the suite's horizon
+    outer_steps: int = 500  # meta-updates
+    estimator: str = "tbptt"
+    meta_loss: str = "mean_log"  # mean | mean_log | last
+    second_order: bool = True  # False drops second derivatives (gradients enter as constants)
+    meta_lr: float = 1e-3
+    meta_grad_clip: float = 1.0  # global-norm clip of the meta-gradient; 0 disables
+    seed: int = 0
+    checkpoint_every: int = 100  # outer steps between checkpoints (and one at the end)
+    log_every: int = 10  # outer steps between TensorBoard writes
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+    def validate(self) -> "Config":
+        positive = ["tasks_per_family", "unroll_length", "outer_steps", "checkpoint_every", "log_every"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.horizon < 0:
+            raise ConfigError(f"horizon must be ≥ 0 (0 = the suite's), got {self.horizon}")
+        if self.horizon and self.horizon % self.unroll_length:
+            raise ConfigError(f"horizon ({self.horizon}) must be a multiple of unroll_length ({self.unroll_length})")
+        if self.meta_loss not in ("mean", "mean_log", "last"):
+            raise ConfigError(f"meta_loss must be mean, mean_log or last, got {self.meta_loss!r}")
+        if self.meta_lr <= 0:
+            raise ConfigError(f"meta_lr must be > 0, got {self.meta_lr}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "Config":
+        valid = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+        cfg = cls()
+        for key, value in values.items():
+            setattr(cfg, key, _coerce(key, value, getattr(cfg, key)))
+        return cfg.validate()
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check a value against the default's type (ints are accepted where floats are expected)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return dict(value)
+    if not isinstance(value, type(default)) or isinstance(value, bool):
+        raise ConfigError(f"{key} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def parse_override(text: str) -> tuple:
+    """'a.b=VALUE' -> (['a', 'b'], value); VALUE is read as a TOML value, else as a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: List[str] = ()) -> Config:
+    """Config from a TOML file (or the quickstart defaults) with `key=value` overrides applied."""
+    values: Dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        target = values
+        for k in keys[:-1]:
+            target = target.setdefault(k, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a table")
+        target[keys[-1]] = value
+    return Config.from_dict(values)

@@ -1,0 +1,217 @@
+"""The meta-training loop: estimator → clipped meta-gradient → Adam on the meta-parameters.
+
+Everything random derives from (config.seed, task-group counters), and the carried inner state is
+saved with the meta-optimizer's, so `--resume` continues the same trajectory an uninterrupted run
+would have taken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from l2o import checkpoints, optimizers
+from l2o.errors import ConfigError, RunDirectoryError
+from l2o.meta_train.config import Config
+from l2o.meta_train.estimators import ESTIMATORS
+from l2o.meta_train.unroll import TaskGroup
+from l2o.task_distributions import get_suite
+from l2o.task_distributions.base import generator
+
+CHECKPOINT = "checkpoint.safetensors"
+TRAIN_STATE = "train_state.safetensors"
+_RUN_FILES = (CHECKPOINT, "checkpoint.json", TRAIN_STATE, "config.json", "tb")
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda was requested but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+class MetaTrainer:
+    """Owns one run directory: builds the optimizer, task groups and meta-optimizer, then trains."""
+
+    def __init__(self, config: Config, out_dir, resume: bool = False, overwrite: bool = False, progress: bool = True):
+        self.config = config.validate()
+        self.out = Path(out_dir)
+        self.progress = progress
+        self._claim_directory(resume, overwrite)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = _resolve_device(config.device)
+        self.lopt = optimizers.build(config.optimizer, **config.optimizer_args)
+        if not self.lopt.meta_trainable:
+            raise ConfigError(f"{config.optimizer} learns online and has nothing to meta-train")
+        self.suite = get_suite(config.suite)
+        self.horizon = config.horizon or self.suite.horizon
+        if self.horizon % config.unroll_length:
+            raise ConfigError(
+                f"the inner horizon ({self.horizon}) must be a multiple of unroll_length ({config.unroll_length})"
+            )
+        meta = self.lopt.init_meta(generator(config.seed, 0))
+        self.meta = {k: v.to(self.device).requires_grad_(True) for k, v in meta.items()}
+        self.meta_opt = torch.optim.Adam(self.meta.values(), lr=config.meta_lr)
+        if config.estimator not in ESTIMATORS:
+            raise ConfigError(f"unknown estimator {config.estimator!r}; available: {', '.join(ESTIMATORS)}")
+        self.estimator = ESTIMATORS[config.estimator](meta_loss=config.meta_loss)
+        self.groups = [
+            TaskGroup(
+                family,
+                self.lopt,
+                config.tasks_per_family,
+                self.horizon,
+                config.unroll_length,
+                config.seed,
+                group_id=i,
+                device=self.device,
+                second_order=config.second_order,
+            )
+            for i, family in enumerate(self.suite.families)
+        ]
+        self.step = 0
+        self.counters = {"skipped_updates": 0, "nonfinite_tasks": 0}
+        self.history: Dict[str, list] = {"meta_loss": [], "meta_grad_norm": [], "inner_loss": []}
+        if resume:
+            self._load_train_state()
+        else:
+            for group in self.groups:
+                group.start(self.meta)
+
+    # -- run directory ------------------------------------------------------------------------------
+    def _claim_directory(self, resume: bool, overwrite: bool) -> None:
+        ours = [self.out / name for name in _RUN_FILES if (self.out / name).exists()]
+        if resume:
+            if not (self.out / TRAIN_STATE).is_file():
+                raise RunDirectoryError(f"--resume: no training state in {self.out} (expected {TRAIN_STATE})")
+            return
+        if self.out.exists() and any(self.out.iterdir()):
+            if not overwrite:
+                raise RunDirectoryError(
+                    f"{self.out} already holds files; pass --resume to continue that run or --overwrite to replace it"
+                )
+            for path in ours:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+    # -- persistence ------------------------------------------------------------------------------
+    def checkpoint_info(self) -> Dict:
+        return {
+            "config": self.config.to_dict(),
+            "suite": self.config.suite,
+            "outer_steps": self.step,
+            "final_meta_loss": self.history["meta_loss"][-1] if self.history["meta_loss"] else None,
+        }
+
+    def save(self) -> None:
+        checkpoints.save(self.out / CHECKPOINT, self.lopt, self.meta, self.checkpoint_info())
+        tensors: Dict[str, torch.Tensor] = {}
+        payload = {
+            "meta": self.meta,
+            "meta_opt": self.meta_opt.state_dict(),
+            "groups": [g.state_dict() for g in self.groups],
+            "counters": self.counters,
+            "history": self.history,
+        }
+        skeleton = checkpoints.encode(payload, tensors)
+        header = {
+            "format_version": checkpoints.FORMAT_VERSION,
+            "kind": "train_state",
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "skeleton": skeleton,
+        }
+        checkpoints.write_tensors(self.out / TRAIN_STATE, tensors, header)
+
+    def _load_train_state(self) -> None:
+        tensors, header = checkpoints.read_tensors(self.out / TRAIN_STATE)
+        if header.get("kind") != "train_state":
+            raise RunDirectoryError(f"{self.out / TRAIN_STATE} is not a training state")
+        saved_cfg = dict(header["config"])
+        mine = self.config.to_dict()
+        # outer_steps may grow on resume (train longer); anything else changing would fork the run.
+        changed = [k for k in mine if k not in ("outer_steps", "device", "threads") and saved_cfg.get(k) != mine[k]]
+        if changed:
+            raise ConfigError(f"--resume with a different config ({', '.join(changed)}); start a new run instead")
+        payload = checkpoints.decode(header["skeleton"], tensors)
+        with torch.no_grad():
+            for k, v in self.meta.items():
+                v.copy_(payload["meta"][k])
+        self.meta_opt.load_state_dict(payload["meta_opt"])
+        for group, saved in zip(self.groups, payload["groups"]):
+            group.load_state_dict(saved, self.meta)
+        self.counters = payload["counters"]
+        self.history = payload["history"]
+        self.step = header["step"]
+
+    # -- training -------------------------------------------------------------------------------------
+    def _apply(self, grads: Dict[str, torch.Tensor]) -> float:
+        """Clip and apply a meta-gradient; a non-finite one is counted and skipped, never applied."""
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())).item()
+        if not math.isfinite(norm):
+            self.counters["skipped_updates"] += 1
+            return norm
+        clip = self.config.meta_grad_clip
+        scale = min(1.0, clip / (norm + 1e-12)) if clip > 0 else 1.0
+        for k, p in self.meta.items():
+            p.grad = grads[k] * scale
+        self.meta_opt.step()
+        return norm
+
+    def train(self) -> Dict:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step)
+        inner_per_step = cfg.unroll_length * sum(g.size for g in self.groups)
+        bar = tqdm(
+            total=cfg.outer_steps, initial=self.step, desc=f"meta-train {cfg.optimizer}", disable=not self.progress
+        )
+        start, started_at = time.perf_counter(), self.step
+        try:
+            while self.step < cfg.outer_steps:
+                t0 = time.perf_counter()
+                grads, stats = self.estimator.meta_gradient(self.meta, self.groups)
+                norm = self._apply(grads)
+                self.step += 1
+                self.counters["nonfinite_tasks"] += int(stats["nonfinite_tasks"])
+                self.history["meta_loss"].append(stats["meta_loss"])
+                self.history["meta_grad_norm"].append(norm)
+                self.history["inner_loss"].append(stats["inner_loss"])
+                rate = inner_per_step / max(time.perf_counter() - t0, 1e-9)
+                if self.step % cfg.log_every == 0 or self.step == cfg.outer_steps:
+                    for key, value in (*stats.items(), ("meta_grad_norm", norm), ("inner_steps_per_s", rate)):
+                        writer.add_scalar(f"meta_train/{key}", value, self.step)
+                    for key, value in self.counters.items():
+                        writer.add_scalar(f"meta_train/{key}_total", value, self.step)
+                bar.update(1)
+                bar.set_postfix(meta_loss=f"{stats['meta_loss']:.3f}", grad=f"{norm:.2g}")
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            writer.close()
+        self.save()
+        elapsed = time.perf_counter() - start
+        done = self.step - started_at
+        return {
+            "checkpoint": str(self.out / CHECKPOINT),
+            "outer_steps": self.step,
+            "seconds": elapsed,
+            "inner_steps_per_s": inner_per_step * done / elapsed if done and elapsed > 0 else 0.0,
+            "final_meta_loss": self.history["meta_loss"][-1] if self.history["meta_loss"] else None,
+            **self.counters,
+        }
+
+
+def meta_train(config: Config, out_dir, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Dict:
+    """Run (or resume) a meta-training job and return its summary."""
+    return MetaTrainer(config, out_dir, resume=resume, overwrite=overwrite, progress=progress).train()

@@ -1,0 +1,149 @@
+"""The one functional interface every optimizer in l2o implements, and the helpers they share.
+
+An optimizer object holds only hyperparameters (a frozen dataclass). Everything that changes lives in
+plain dicts of tensors that are passed in and returned, so `torch.func.vmap` (over tasks) and
+`torch.autograd.grad` (through an unroll, for the meta-gradient) compose with every architecture:
+
+    meta  = opt.init_meta(generator)                       # MetaParams: the learned weights
+    state = opt.init_state(meta, params)                   # State: per-run values
+    params, state = opt.step(meta, params, grads, state, loss)
+
+State layout (the convention the `torch.optim` adapter relies on to skip parameters without a
+gradient): each entry of a State is either a *per-tensor field*, a dict keyed exactly like Params
+(one tensor per parameter tensor), or a *global* tensor (e.g. the step counter `t`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import Callable, ClassVar, Dict, Iterable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+Params = Dict[str, Tensor]
+MetaParams = Dict[str, Tensor]
+State = Dict[str, Union[Tensor, Dict[str, Tensor]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionalOptimizer(abc.ABC):
+    """Base of all optimizers: hyperparameters as dataclass fields, three pure methods.
+
+    `init` selects how meta-parameters start: "random" (the paper's init) or "deterministic", an init
+    whose first steps equal a named hand-designed optimizer with the learned correction at zero
+    (ALGORITHMS.md §6). Subclasses document which optimizer that is.
+    """
+
+    name: ClassVar[str] = ""
+    needs_loss: ClassVar[bool] = False  # True if `step` reads the loss (the adapter then requires it)
+    meta_trainable: ClassVar[bool] = True  # False for methods that learn online (LODO)
+
+    @abc.abstractmethod
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        """Fresh meta-parameters (learned weights), drawn from `generator` when the init is random."""
+
+    @abc.abstractmethod
+    def init_state(self, meta: MetaParams, params: Params) -> State:
+        """Per-run state for `params` (on their device and dtype)."""
+
+    @abc.abstractmethod
+    def step(
+        self, meta: MetaParams, params: Params, grads: Params, state: State, loss: Optional[Tensor]
+    ) -> Tuple[Params, State]:
+        """One optimizer step: new params and new state; pure, so vmap and grad compose."""
+
+    def hyperparameters(self) -> dict:
+        """The constructor arguments, JSON-serializable: what a checkpoint stores to rebuild `self`."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tree helpers: Params / State are flat dicts; these keep architecture code free of loops over keys.
+
+
+def tree_map(fn: Callable[..., Tensor], tree: Params, *rest: Params) -> Params:
+    """Apply `fn` leafwise over dicts that share keys (like optax's tree_map, one level deep)."""
+    return {k: fn(v, *(r[k] for r in rest)) for k, v in tree.items()}
+
+
+def zeros_like_tree(tree: Params) -> Params:
+    return {k: torch.zeros_like(v) for k, v in tree.items()}
+
+
+def flatten(tree: Params) -> Tensor:
+    """Concatenate all tensors of a tree into one 1-D vector (key order = dict order)."""
+    return torch.cat([v.reshape(-1) for v in tree.values()])
+
+
+def unflatten(vec: Tensor, like: Params) -> Params:
+    """Inverse of `flatten`: split a vector (or an N×F matrix, along dim 0) back into `like`'s shapes."""
+    out, offset = {}, 0
+    for k, v in like.items():
+        n = v.numel()
+        chunk = vec[offset : offset + n]
+        out[k] = chunk.reshape(v.shape) if vec.dim() == 1 else chunk.reshape(*v.shape, *vec.shape[1:])
+        offset += n
+    return out
+
+
+def cat_rows(tree: Dict[str, Tensor]) -> Tensor:
+    """Stack per-tensor N_i×F blocks into one N×F matrix, so a coordinatewise net runs in one matmul."""
+    return torch.cat(list(tree.values()), dim=0)
+
+
+def split_rows(mat: Tensor, like: Params) -> Dict[str, Tensor]:
+    """Inverse of `cat_rows`: rows of `mat` back into one N_i×F block per tensor of `like`."""
+    out, offset = {}, 0
+    for k, v in like.items():
+        n = v.numel()
+        out[k] = mat[offset : offset + n]
+        offset += n
+    return out
+
+
+def is_per_tensor(value) -> bool:
+    return isinstance(value, dict)
+
+
+def state_subset(state: State, names: Iterable[str]) -> State:
+    """The part of a State that concerns only the parameter tensors `names` (globals kept)."""
+    names = list(names)
+    return {k: ({n: v[n] for n in names} if is_per_tensor(v) else v) for k, v in state.items()}
+
+
+def state_merge(full: State, part: State) -> State:
+    """Write a subset State (from `state_subset` + `step`) back into the full one."""
+    return {k: ({**v, **part[k]} if is_per_tensor(v) else part[k]) for k, v in full.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pure building blocks shared by architectures.
+
+
+def linear_init(generator: Optional[torch.Generator], fan_in: int, fan_out: int) -> Tuple[Tensor, Tensor]:
+    """PyTorch's default Linear init (uniform ±1/sqrt(fan_in)), drawn from an explicit generator."""
+    bound = 1.0 / math.sqrt(fan_in)
+    w = (torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound
+    b = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
+    return w, b
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_x: Tensor, w_h: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """One LSTM cell from matmuls (gate order i, f, g, o); `nn.LSTM` has no vmap rule."""
+    gates = x @ w_x + h @ w_h + b
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def bias_corrected(ema: Tensor, beta: float, t: Tensor) -> Tensor:
+    """Adam's bias correction ema / (1 - beta^t), with t a tensor (counts steps taken, ≥ 1)."""
+    return ema / (1 - beta**t)
+
+
+def scalar_like(value: float, ref: Tensor) -> Tensor:
+    return torch.full((), float(value), dtype=ref.dtype, device=ref.device)
