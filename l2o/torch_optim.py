@@ -7,7 +7,6 @@ work), `zero_grad`, `step(closure)`, and `state_dict()/load_state_dict()` that r
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Dict, Optional
 
 import torch
@@ -29,7 +28,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         lr: multiplier on the learned update (1.0 = as meta-trained).
         optimizer: instead of a checkpoint, a FunctionalOptimizer (or registered name) ...
         meta: ... and its meta-parameters (default: its `init_meta` with seed 0).
-        num_steps: planned number of steps, for architectures that condition on training progress.
+        num_steps: planned number of steps, for architectures that condition on training progress
+            (passed to the optimizer as context["horizon"]).
+        context: other per-problem constants an architecture reads (e.g. {"smoothness": L}).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         optimizer: FunctionalOptimizer | str | None = None,
         meta: Optional[Dict[str, Tensor]] = None,
         num_steps: Optional[int] = None,
+        context: Optional[Dict[str, float]] = None,
     ):
         if lr < 0:
             raise ValueError(f"invalid lr multiplier: {lr}")
@@ -52,10 +54,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
             lopt = registry.build(optimizer) if isinstance(optimizer, str) else optimizer
             meta = meta if meta is not None else lopt.init_meta(torch.Generator().manual_seed(0))
             self.info = {}
+        self.context = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (context or {}).items()}
         if num_steps is not None:
-            if "num_steps" not in {f.name for f in dataclasses.fields(lopt)}:
-                raise ValueError(f"{lopt.name} does not use num_steps")
-            lopt = dataclasses.replace(lopt, num_steps=int(num_steps))
+            if num_steps < 1:
+                raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
+            self.context["horizon"] = torch.tensor(float(num_steps))
         super().__init__(params, {"lr": lr})
         self.lopt = lopt
         self.meta = {k: v.detach() for k, v in meta.items()}
@@ -81,12 +84,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _ensure_state(self, meta, params: Dict[str, Tensor]):
         """The functional State, initialized for parameters seen for the first time."""
         state = self.state.get(_STATE_KEY)
+        context = {k: v.to(next(iter(params.values()))) for k, v in self.context.items()}
         if state is None:
-            state = self.lopt.init_state(meta, params)
+            state = self.lopt.init_state(meta, params, context)
         else:
             missing = {n: p for n, p in params.items() if not any(is_per_tensor(v) and n in v for v in state.values())}
             if missing:
-                fresh = self.lopt.init_state(meta, missing)
+                fresh = self.lopt.init_state(meta, missing, context)
                 state = {k: ({**v, **fresh[k]} if is_per_tensor(v) else v) for k, v in state.items()}
         self.state[_STATE_KEY] = state
         return state

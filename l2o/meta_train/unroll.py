@@ -144,7 +144,8 @@ class TaskGroup:
         batch = TaskBatch(self.tasks, self.device)
         self.params = batch.init_params()
         meta = detach_tree(meta)
-        self.state = vmap(self.lopt.init_state, in_dims=(None, 0))(meta, self.params)
+        init_state = vmap(self.lopt.init_state, in_dims=(None, 0, 0))
+        self.state = init_state(meta, self.params, batch.contexts(self.horizon))
         self._unroll = batched_unroll(self.lopt, batch.loss, self.k, self.second_order)
 
     def reset_slot(self, slot: int, meta: MetaParams) -> None:
@@ -152,7 +153,8 @@ class TaskGroup:
         task = self.family.sample("train", self.task_index[slot])
         self.tasks[slot] = task
         params = {k: v.to(self.device) for k, v in task.init_params().items()}
-        state = self.lopt.init_state(detach_tree(meta), params)
+        context = {k: v.to(self.device) for k, v in task.optimizer_context(self.horizon).items()}
+        state = self.lopt.init_state(detach_tree(meta), params, context)
         self.params = _set_slot(self.params, slot, params)
         self.state = _set_slot(self.state, slot, state)
         self.t[slot], self.lifetime[slot] = 0, self.horizon

@@ -5,8 +5,13 @@ plain dicts of tensors that are passed in and returned, so `torch.func.vmap` (ov
 `torch.autograd.grad` (through an unroll, for the meta-gradient) compose with every architecture:
 
     meta  = opt.init_meta(generator)                       # MetaParams: the learned weights
-    state = opt.init_state(meta, params)                   # State: per-run values
+    state = opt.init_state(meta, params, context)          # State: per-run values
     params, state = opt.step(meta, params, grads, state, loss)
+
+`context` (optional) is a dict of per-task constants an optimizer may condition on: "horizon" (the
+planned number of steps; the trainer and `LearnedOptimizer(num_steps=...)` set it) and task-specific
+facts such as "smoothness" (the Lipschitz constant L of the gradient, for `ntk_gd`). Optimizers read
+what they need from it in `init_state` and keep it in their State.
 
 State layout (the convention the `torch.optim` adapter relies on to skip parameters without a
 gradient): each entry of a State is either a *per-tensor field*, a dict keyed exactly like Params
@@ -26,6 +31,7 @@ from torch import Tensor
 Params = Dict[str, Tensor]
 MetaParams = Dict[str, Tensor]
 State = Dict[str, Union[Tensor, Dict[str, Tensor]]]
+Context = Dict[str, Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +52,8 @@ class FunctionalOptimizer(abc.ABC):
         """Fresh meta-parameters (learned weights), drawn from `generator` when the init is random."""
 
     @abc.abstractmethod
-    def init_state(self, meta: MetaParams, params: Params) -> State:
-        """Per-run state for `params` (on their device and dtype)."""
+    def init_state(self, meta: MetaParams, params: Params, context: Optional[Context] = None) -> State:
+        """Per-run state for `params` (on their device and dtype); `context` as in the module doc."""
 
     @abc.abstractmethod
     def step(

@@ -39,7 +39,7 @@ class SGD(FunctionalOptimizer):
     def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
         return _meta_scalars(log_lr=math.log(self.lr))
 
-    def init_state(self, meta: MetaParams, params: Params) -> State:
+    def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
         return {}
 
     def step(self, meta, params, grads, state, loss=None):
@@ -65,7 +65,7 @@ class Momentum(FunctionalOptimizer):
     def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
         return _meta_scalars(log_lr=math.log(self.lr), log_1m_momentum=math.log(1 - self.momentum))
 
-    def init_state(self, meta: MetaParams, params: Params) -> State:
+    def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
         return {"buf": zeros_like_tree(params)}
 
     def step(self, meta, params, grads, state, loss=None):
@@ -101,7 +101,7 @@ class Adam(FunctionalOptimizer):
             log_1m_beta2=math.log(1 - self.beta2),
         )
 
-    def init_state(self, meta: MetaParams, params: Params) -> State:
+    def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
         ref = next(iter(params.values()))
         return {
             "m": zeros_like_tree(params),

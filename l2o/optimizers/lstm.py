@@ -89,7 +89,7 @@ class LSTMOptimizer(FunctionalOptimizer):
         return meta
 
     # -- state ----------------------------------------------------------------------------------
-    def init_state(self, meta: MetaParams, params: Params) -> State:
+    def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
         ref = next(iter(params.values()))
         rows = {k: torch.zeros(v.numel(), self.hidden, dtype=v.dtype, device=v.device) for k, v in params.items()}
         state: State = {"t": torch.zeros((), dtype=ref.dtype, device=ref.device)}

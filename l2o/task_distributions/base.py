@@ -60,7 +60,8 @@ class Task:
     batch: Callable[[int], Batch]
     shape_key: Hashable = ()
     eval_batch: Optional[Callable[[], Batch]] = None  # the fixed batch "final loss" is measured on
-    info: Dict[str, object] = dataclasses.field(default_factory=dict)
+    context: Dict[str, Tensor] = dataclasses.field(default_factory=dict)  # constants an optimizer may read
+
 
     @property
     def split(self) -> str:
@@ -68,6 +69,13 @@ class Task:
 
     def init_params(self) -> Params:
         return self.init(generator(self.seed, 0))
+
+    def optimizer_context(self, horizon: Optional[int] = None) -> Dict[str, Tensor]:
+        """The `context` passed to `init_state`: the task's constants plus the planned horizon."""
+        ctx = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in self.context.items()}
+        if horizon is not None:
+            ctx["horizon"] = torch.tensor(float(horizon))
+        return ctx
 
     def evaluation_batch(self) -> Batch:
         return self.eval_batch() if self.eval_batch is not None else self.batch(0)
@@ -121,6 +129,10 @@ class TaskBatch:
 
     def init_params(self) -> Params:
         return {k: v.to(self.device) for k, v in stack_trees([t.init_params() for t in self.tasks]).items()}
+
+    def contexts(self, horizon: Optional[int] = None) -> Dict[str, Tensor]:
+        ctx = stack_trees([t.optimizer_context(horizon) for t in self.tasks])
+        return {k: v.to(self.device) for k, v in ctx.items()}
 
     def batches(self, steps: Sequence[int], k: int) -> Batch:
         per_task = [stack_trees([t.batch(s + j) for j in range(k)]) for t, s in zip(self.tasks, steps)]
