@@ -95,7 +95,9 @@ class TaskGroup:
     """B persistent inner trajectories of one task family, advanced K steps per truncation.
 
     Slot s runs tasks `family.sample("train", index)` for successive indices drawn from a per-group
-    counter, so the whole sequence is a function of (seed, group) and resumes exactly.
+    counter, so the whole sequence is a function of (seed, group) and resumes exactly. For families
+    whose tasks differ in shape, the group draws one structure and all its slots share it; all slots
+    then reset together at the horizon (a new structure each generation) instead of staggered.
     """
 
     def __init__(
@@ -124,6 +126,8 @@ class TaskGroup:
         self.state: Optional[State] = None
         self._unroll = None
         self.resets = 0
+        self.structure_index: Optional[int] = None
+        self.structure = None
 
     # -- task bookkeeping -------------------------------------------------------------------------
     def _next_index(self) -> int:
@@ -136,11 +140,22 @@ class TaskGroup:
         steps = self.horizon // self.k
         return self.k * max(1, math.ceil((slot + 1) * steps / self.size))
 
+    def _set_structure(self, index: Optional[int]) -> None:
+        self.structure_index = index
+        self.structure = None if index is None else self.family.sample_structure("train", index)
+
+    def _sample(self, index: int):
+        return self.family.sample("train", index, structure=self.structure)
+
     def start(self, meta: MetaParams) -> None:
+        """Begin a generation: fresh tasks in every slot (and a fresh structure, if shapes vary)."""
         self.task_index = [self._next_index() for _ in range(self.size)]
-        self.tasks = [self.family.sample("train", i) for i in self.task_index]
+        first = self.task_index[0]
+        self._set_structure(first if self.family.sample_structure("train", first) is not None else None)
+        self.tasks = [self._sample(i) for i in self.task_index]
         self.t = [0] * self.size
-        self.lifetime = [self._stagger(s) for s in range(self.size)]
+        synchronized = self.structure is not None
+        self.lifetime = [self.horizon if synchronized else self._stagger(s) for s in range(self.size)]
         batch = TaskBatch(self.tasks, self.device)
         self.params = batch.init_params()
         meta = detach_tree(meta)
@@ -150,7 +165,7 @@ class TaskGroup:
 
     def reset_slot(self, slot: int, meta: MetaParams) -> None:
         self.task_index[slot] = self._next_index()
-        task = self.family.sample("train", self.task_index[slot])
+        task = self._sample(self.task_index[slot])
         self.tasks[slot] = task
         params = {k: v.to(self.device) for k, v in task.init_params().items()}
         context = {k: v.to(self.device) for k, v in task.optimizer_context(self.horizon).items()}
@@ -173,6 +188,10 @@ class TaskGroup:
         Returns how many tasks were reset because they went non-finite."""
         self.params, self.state = detach_tree(params), detach_tree(state)
         bad = 0
+        if self.structure is not None and self.t[0] + self.k >= self.horizon:
+            self.resets += self.size
+            self.start(meta)  # the generation ends together: new structure, new tasks
+            return self.size - sum(finite)
         for slot in range(self.size):
             self.t[slot] += self.k
             if not finite[slot]:
@@ -191,13 +210,16 @@ class TaskGroup:
             "t": list(self.t),
             "lifetime": list(self.lifetime),
             "resets": self.resets,
+            "structure_index": self.structure_index,
         }
 
     def load_state_dict(self, saved: Dict, meta: MetaParams) -> None:
         self.start(meta)  # builds the unroll function; tasks and tensors are then replaced
         self.counter, self.resets = saved["counter"], saved["resets"]
         self.task_index, self.t, self.lifetime = list(saved["task_index"]), list(saved["t"]), list(saved["lifetime"])
-        self.tasks = [self.family.sample("train", i) for i in self.task_index]
+        self._set_structure(saved["structure_index"])
+        self.tasks = [self._sample(i) for i in self.task_index]
+        self._unroll = batched_unroll(self.lopt, self.tasks[0].loss, self.k, self.second_order)
         to_device = lambda tree: {
             k: to_device(v) if isinstance(v, dict) else v.to(self.device) for k, v in tree.items()
         }

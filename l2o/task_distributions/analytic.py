@@ -21,7 +21,7 @@ class QuadraticFamily(TaskFamily):
         self.name = f"quadratic{dim}"
         self.description = f"||Wx-y||², W∈R^{dim}×{dim}, y ~ U[0,1), x0 ~ N(0,I)"
 
-    def sample(self, split: str, index: int) -> Task:
+    def sample(self, split: str, index: int, structure=None) -> Task:
         seed = task_seed(self.name, split, index)
         g = generator(seed, 1)
         constants = {"W": torch.rand(self.dim, self.dim, generator=g), "y": torch.rand(self.dim, generator=g)}
@@ -47,7 +47,7 @@ class RosenbrockFamily(TaskFamily):
     name = "rosenbrock"
     description = "(a-x)²+b(y-x²)², a~U[.5,1.5], b~logU[10,100], start in [-2,2]×[-1,3]"
 
-    def sample(self, split: str, index: int) -> Task:
+    def sample(self, split: str, index: int, structure=None) -> Task:
         seed = task_seed(self.name, split, index)
         g = generator(seed, 1)
         u = torch.rand(2, generator=g)

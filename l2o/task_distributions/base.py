@@ -89,17 +89,37 @@ class Task:
 
 
 class TaskFamily(abc.ABC):
-    """A distribution over tasks; `sample(split, index)` is deterministic."""
+    """A distribution over tasks; `sample(split, index)` is deterministic.
+
+    Families whose tasks differ in *shape* (sampled widths, depths, sizes) also implement
+    `sample_structure`: the unroll engine draws one structure per task group and passes it to
+    `sample(..., structure=...)`, so every task of a vmapped batch has the same shapes.
+    """
 
     name: str = ""
     description: str = ""
 
     @abc.abstractmethod
-    def sample(self, split: str, index: int) -> Task:
-        """The task number `index` of `split` ("train", "heldout" or "ood")."""
+    def sample(self, split: str, index: int, structure: Optional[Hashable] = None) -> Task:
+        """The task number `index` of `split` ("train", "heldout" or "ood"), forced to `structure`
+        when given (families without shape variation ignore it)."""
+
+    def sample_structure(self, split: str, index: int) -> Optional[Hashable]:
+        """The shape-determining hyperparameters of task `index`; None if all tasks share shapes."""
+        return None
 
     def sample_many(self, split: str, indices: Sequence[int]) -> List[Task]:
         return [self.sample(split, i) for i in indices]
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A named set of task families with an inner horizon: what a learned optimizer is trained on."""
+
+    name: str
+    description: str
+    families: List[TaskFamily]
+    horizon: int  # inner steps per task in meta-training and (by default) evaluation
 
 
 def stack_trees(trees: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:

@@ -52,7 +52,7 @@ class MLPClassifierFamily(TaskFamily):
 
         self._loss = loss
 
-    def sample(self, split: str, index: int) -> Task:
+    def sample(self, split: str, index: int, structure=None) -> Task:
         seed = task_seed(self.name, split, index)
         tensors = data.digits_tensors()
         rows = data.example_split(len(tensors["label"]))[split]

@@ -1,23 +1,19 @@
-"""Named suites: which task families a learned optimizer meta-trains on and is judged on."""
+"""Named suites: which task families a learned optimizer meta-trains on and is judged on.
+
+Suites defined here are joined by those that family modules export as a module-level
+`SUITES: dict[name, () -> Suite]` (listed in `_SUITE_MODULES`), loaded on first use.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
+import importlib.util
 from typing import Callable, Dict, List
 
 from l2o.errors import UnknownNameError
 from l2o.task_distributions.analytic import QuadraticFamily, RosenbrockFamily
-from l2o.task_distributions.base import TaskFamily
+from l2o.task_distributions.base import Suite
 from l2o.task_distributions.neural import MLPClassifierFamily
-
-
-@dataclasses.dataclass(frozen=True)
-class Suite:
-    name: str
-    description: str
-    families: List[TaskFamily]
-    horizon: int  # inner steps per task in meta-training and (by default) evaluation
-
 
 _SUITES: Dict[str, Callable[[], Suite]] = {
     "quickstart": lambda: Suite(
@@ -37,12 +33,24 @@ _SUITES: Dict[str, Callable[[], Suite]] = {
     ),
 }
 
+# Modules that export more suites (e.g. the least-squares problems of ntk_gd, LODO's problems).
+_SUITE_MODULES = ["l2o.task_distributions.least_squares", "l2o.task_distributions.lodo_problems"]
+
+
+def _all_suites() -> Dict[str, Callable[[], Suite]]:
+    suites = dict(_SUITES)
+    for module in _SUITE_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            suites.update(getattr(importlib.import_module(module), "SUITES", {}))
+    return suites
+
 
 def suite_names() -> List[str]:
-    return list(_SUITES)
+    return list(_all_suites())
 
 
 def get_suite(name: str) -> Suite:
-    if name not in _SUITES:
-        raise UnknownNameError(f"unknown suite {name!r}; available: {', '.join(suite_names())}")
-    return _SUITES[name]()
+    suites = _all_suites()
+    if name not in suites:
+        raise UnknownNameError(f"unknown suite {name!r}; available: {', '.join(suites)}")
+    return suites[name]()
