@@ -123,3 +123,102 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 p.add_(new_params[name] - p, alpha=group["lr"])
         return loss
 
+
+
+class LODO(LearnedOptimizer):
+    """LODO (Liao et al. 2023): a quasi-Newton preconditioner learned online, as a torch optimizer.
+
+    No checkpoint and no meta-training: the preconditioner G(θ) = -lr·ΠᵀAᵀAΠ starts as -lr·I and
+    θ is trained during your run by Adam(meta_lr) on the one-step-lookahead hypergradient
+    (`l2o.optimizers.lodo`; docs/lodo.md). Use it like any torch optimizer:
+
+        opt = l2o.LODO(model.parameters(), lr=1.0)
+        loss.backward(); opt.step(); opt.zero_grad()
+
+    No second forward pass: the gradient you compute at the current parameters, x_{t+1} = x_t +
+    G(θ_t)m_t (what the previous `step` wrote), is also the cotangent of the hypergradient
+    ∂f/∂θ_t = (∂x_{t+1}/∂θ_t)ᵀ∇f(x_{t+1}); the step keeps m_t, θ_t and the lr it used in its state
+    and differentiates that stored step in closed form before taking the next one.
+
+    Args:
+        params: parameters or param groups.
+        lr: lr₀, the initial step size (a group's `lr` scales G, so LR schedulers work).
+        meta_lr: Adam's learning rate for the preconditioner's weights θ.
+        beta: momentum of m (0 disables momentum).
+        depth, block: layers of the network A and its block size (θ ≈ 2·depth·block numbers per
+            parameter, plus 2× that for Adam: 384 per parameter at the defaults).
+        structure: "lodo" (default) or the ablations "diagonal", "scalar".
+        partition: "tensor" (one G per parameter tensor, the default) or "flat" (one G over all
+            parameters, the paper's setup; then every parameter needs a gradient at every step and
+            all groups one lr).
+        chunk_size: > 0 splits each tensor (or the flat vector) into chunks with their own G; bounds
+            the permutations' span, which keeps large tensors fast.
+        seed: draws the fixed permutations and initial orthogonal blocks.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1.0,
+        meta_lr: float = 1e-3,
+        beta: float = 0.9,
+        depth: int = 16,
+        block: int = 4,
+        *,
+        structure: str = "lodo",
+        partition: str = "tensor",
+        chunk_size: int = 0,
+        seed: int = 0,
+    ):
+        if not lr > 0:
+            raise ValueError(f"invalid lr: {lr} (LODO needs lr > 0)")
+        from l2o.optimizers.lodo import LODOFunctional
+
+        lopt = LODOFunctional(
+            lr=1.0,
+            meta_lr=meta_lr,
+            beta=beta,
+            depth=depth,
+            block=block,
+            structure=structure,
+            partition=partition,
+            chunk_size=chunk_size,
+            seed=seed,
+        )
+        super().__init__(params, lr=lr, optimizer=lopt)
+
+    def _scale(self, active: Dict[str, tuple]) -> Dict[str, float]:
+        if self.lopt.partition == "tensor":
+            return {name: group["lr"] for name, (_, group) in active.items()}
+        every = {f"g{gi}.p{pi}" for gi, group in enumerate(self.param_groups) for pi in range(len(group["params"]))}
+        if set(active) != every:
+            missing = sorted(every - set(active))
+            raise ValueError(
+                f"LODO(partition='flat') needs a gradient for every parameter at every step; none for {missing}. "
+                "Use partition='tensor' to skip parameters without gradients."
+            )
+        lrs = {group["lr"] for group in self.param_groups}
+        if len(lrs) != 1:
+            raise ValueError(f"LODO(partition='flat') has one G for all parameters, so one lr; got {sorted(lrs)}")
+        return {"flat": lrs.pop()}
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+        """One LODO step: hypergradient + Adam on θ from this gradient, then x ← x + G(θ)m."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        active = self._named_active()
+        if not active:
+            return loss
+        scale = self._scale(active)
+        params = {n: p for n, (p, _) in active.items()}
+        grads = {n: p.grad for n, (p, _) in active.items()}
+        meta = self._meta_for(next(iter(params.values())))
+        state = self._ensure_state(meta, params)
+        new_params, new_part = self.lopt.step_scaled(meta, dict(params), grads, state_subset(state, params), scale)
+        self.state[_STATE_KEY] = state_merge(state, new_part)
+        for name, p in params.items():
+            p.copy_(new_params[name])
+        return loss

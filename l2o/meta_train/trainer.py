@@ -17,6 +17,7 @@ from typing import Dict, Optional
 import torch
 
 from l2o import checkpoints, optimizers
+from l2o.devices import resolve_device
 from l2o.errors import ConfigError, RunDirectoryError
 from l2o.meta_train.config import Config
 from l2o.meta_train.estimators import ESTIMATORS
@@ -29,12 +30,6 @@ TRAIN_STATE = "train_state.safetensors"
 _RUN_FILES = (CHECKPOINT, "checkpoint.json", TRAIN_STATE, "config.json", "tb")
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda was requested but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
-
-
 class MetaTrainer:
     """Owns one run directory: builds the optimizer, task groups and meta-optimizer, then trains."""
 
@@ -45,7 +40,7 @@ class MetaTrainer:
         self._claim_directory(resume, overwrite)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device)
         self.lopt = optimizers.build(config.optimizer, **config.optimizer_args)
         if not self.lopt.meta_trainable:
             raise ConfigError(f"{config.optimizer} learns online and has nothing to meta-train")

@@ -1,0 +1,118 @@
+"""Checkpoint files: round trip, atomic writes, and a clear error for every way loading can fail."""
+
+import json
+import struct
+
+import pytest
+import torch
+
+from l2o import checkpoints, optimizers
+from l2o.errors import CheckpointError
+
+
+def _saved(tmp_path, **hyper):
+    lopt = optimizers.build("lstm", **hyper)
+    meta = lopt.init_meta(torch.Generator().manual_seed(1))
+    path = checkpoints.save(tmp_path / "opt.safetensors", lopt, meta, {"suite": "quickstart"})
+    return path, lopt, meta
+
+
+def test_round_trip(tmp_path):
+    path, lopt, meta = _saved(tmp_path, hidden=7, preprocess="rnnprop")
+    lopt2, meta2, info = checkpoints.load(path)
+    assert lopt2 == lopt and info == {"suite": "quickstart"}
+    assert all(torch.equal(meta[k], meta2[k]) for k in meta)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["architecture"] == "lstm" and sidecar["format_version"] == checkpoints.FORMAT_VERSION
+    assert {"l2o_version", "torch_version", "date"} <= set(sidecar["provenance"])
+
+
+def test_no_pickle_in_the_file(tmp_path):
+    path, _, _ = _saved(tmp_path)
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    json.loads(data[8 : 8 + n])  # a safetensors JSON header, not a pickle stream
+    assert b"\x80\x04" not in data[:2]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoints.load(tmp_path / "missing.safetensors")
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"hello world, not a checkpoint")
+    with pytest.raises(CheckpointError, match="not an l2o checkpoint"):
+        checkpoints.load(path)
+
+
+def test_plain_safetensors_without_header(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(CheckpointError, match="no l2o header"):
+        checkpoints.load(path)
+
+
+def test_corrupt_file(tmp_path):
+    path, _, _ = _saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        checkpoints.load(path)
+
+
+def _rewrite_header(path, change):
+    tensors, header = checkpoints.read_tensors(path)
+    change(header, tensors)
+    checkpoints.write_tensors(path, tensors, header)
+
+
+def test_unknown_architecture(tmp_path):
+    path, _, _ = _saved(tmp_path)
+    _rewrite_header(path, lambda h, t: h.update(architecture="quantum"))
+    with pytest.raises(CheckpointError, match="unknown optimizer 'quantum'"):
+        checkpoints.load(path)
+
+
+def test_newer_format_version(tmp_path):
+    path, _, _ = _saved(tmp_path)
+    _rewrite_header(path, lambda h, t: h.update(format_version=checkpoints.FORMAT_VERSION + 1))
+    with pytest.raises(CheckpointError, match="newer than this l2o understands"):
+        checkpoints.load(path)
+
+
+def test_shape_mismatch(tmp_path):
+    path, _, _ = _saved(tmp_path, hidden=7)
+    _rewrite_header(path, lambda h, t: h["hyperparameters"].update(hidden=9))
+    with pytest.raises(CheckpointError, match="weights do not match 'lstm'.*shape"):
+        checkpoints.load(path)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path, _, meta = _saved(tmp_path)
+    before = path.read_bytes()
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints.os, "replace", explode)
+    with pytest.raises(OSError):
+        checkpoints.save(path, optimizers.build("lstm", hidden=3), optimizers.build("lstm", hidden=3).init_meta())
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_encode_decode_keeps_int_keys_and_nesting():
+    tensors = {}
+    obj = {"state": {0: {"step": torch.tensor(3.0), "m": torch.ones(2)}}, "groups": [{"lr": 0.1}]}
+    back = checkpoints.decode(json.loads(json.dumps(checkpoints.encode(obj, tensors))), tensors)
+    assert list(back["state"]) == [0] and torch.equal(back["state"][0]["m"], torch.ones(2))
+    assert back["groups"] == [{"lr": 0.1}]
+
+
+def test_resolve_unknown_name_lists_shipped():
+    with pytest.raises(CheckpointError, match="no checkpoint file or shipped checkpoint named 'nope'"):
+        checkpoints.resolve("nope")
