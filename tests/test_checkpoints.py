@@ -27,6 +27,15 @@ def test_round_trip(tmp_path):
     assert {"l2o_version", "torch_version", "date"} <= set(sidecar["provenance"])
 
 
+def test_written_files_have_ordinary_permissions(tmp_path):
+    import os
+
+    path, _, _ = _saved(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_no_pickle_in_the_file(tmp_path):
     path, _, _ = _saved(tmp_path)
     data = path.read_bytes()

@@ -31,15 +31,32 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["outer_steps"] == 2
     ckpt = run / "checkpoint.safetensors"
-    code = main(
-        ["evaluate", "--checkpoint", str(ckpt), "--suite", "analytic", "--steps", "10", "--tasks", "2", "--quiet", "--out", str(tmp_path / "eval")]
-    )
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--suite", "analytic", "--steps", "10", "--tasks", "2"]
+    argv += ["--horizons", "1,2", "--baselines", "adam,sgdm", "--lr-grid", "0.01,0.1,1", "--tune-tasks", "2"]
+    code = main([*argv, "--quiet", "--out", str(tmp_path / "eval")])
     assert code == 0
     out = capsys.readouterr().out
-    assert "| quadratic10 | run |" in out and "| quadratic10 | adam |" in out
+    assert "| quadratic10 | run |" in out and "| quadratic10 | adam |" in out and "| quadratic10 | sgdm |" in out
+    assert "### 10 steps" in out and "### 20 steps" in out and "All families pooled" in out
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert set(results["optimizers"]) == {"run", "adam"}
-    assert (tmp_path / "eval" / "results.md").is_file()
+    assert set(results["optimizers"]) == {"run", "adam", "sgdm", "adam_oracle"}
+    assert results["horizons"] == [10, 20] and results["grid"] == [0.01, 0.1, 1.0]
+    for name in ("results.md", "results.csv", "curves_10_steps.png", "curves_20_steps.png", "speedup.png"):
+        assert (tmp_path / "eval" / name).is_file()
+
+
+def test_unknown_baseline_is_a_clear_error_before_any_work(capsys):
+    code = main(["evaluate", "--checkpoint", "missing.safetensors", "--baselines", "adam,nesterov"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown baseline 'nesterov'; valid baselines: adam, adamw" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_baseline_names_match_the_library():
+    from l2o.cli import _BASELINES
+    from l2o.evaluate.tuning import BASELINES
+
+    assert list(_BASELINES) == list(BASELINES)
 
 
 @pytest.mark.parametrize(

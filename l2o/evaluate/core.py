@@ -1,88 +1,245 @@
-"""Held-out evaluation of learned optimizers against learning-rate-tuned baselines."""
+"""Held-out evaluation of learned optimizers against learning-rate-tuned baselines.
+
+Every optimizer runs on the same held-out tasks (same init, same minibatch order: tasks are
+deterministic functions of their seed) at each evaluation horizon: the horizon the learned optimizer
+was trained for, and multiples of it (10× by default), which is where learned optimizers tend to
+break (Metz et al. 2019, "Understanding and correcting pathologies in the training of learned
+optimizers"). Baselines get their learning rate tuned on training tasks at each horizon
+(`tuning.tune_lr`); tuned Adam is the reference that speedups and wins are measured against, and a
+per-task oracle Adam (the best grid learning rate for each held-out task) shows how much headroom
+any learning-rate choice leaves.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from l2o import checkpoints, optimizers
 from l2o.devices import resolve_device
-from l2o.evaluate.report import markdown_table, summarize
-from l2o.evaluate.runner import run_curves
-from l2o.evaluate.tuning import DEFAULT_GRID, tune_lr
-from l2o.task_distributions import get_suite
+from l2o.errors import ConfigError
+from l2o.evaluate.outputs import write_outputs
+from l2o.evaluate.report import run_metrics, summarize
+from l2o.evaluate.runner import Curves, run_curves, run_grid
+from l2o.evaluate.tuning import DEFAULT_GRID, grid_metas, resolve_baseline, tune_lr
+from l2o.task_distributions import get_suite, suite_names
 
 _SEED_STRIDE = 1_000_000  # each seed draws a fresh, disjoint set of held-out task indices
+REFERENCE = "adam"  # speedup and wins are measured against tuned Adam, which therefore always runs
+ORACLE = "adam_oracle"
+DEFAULT_HORIZONS = (1, 10)  # multiples of the training horizon
+SPEEDUP_CAP = 4  # the reference runs this many times longer, so speedups up to 4× are measured
 
 
 def heldout_tasks(suite, tasks_per_family: int, seeds: int = 1, split: str = "heldout"):
-    """{family name: [tasks]}: `tasks_per_family × seeds` held-out tasks of every family."""
-    return {
-        family.name: [
-            family.sample(split, s * _SEED_STRIDE + i, structure=family.sample_structure(split, s * _SEED_STRIDE + i))
-            for s in range(seeds)
-            for i in range(tasks_per_family)
-        ]
-        for family in suite.families
-    }
+    """{family name: [tasks]}: `tasks_per_family × seeds` tasks of `split` from every family."""
+    return {family.name: _sample(family, split, _indices(tasks_per_family, seeds)) for family in suite.families}
+
+
+def _indices(tasks_per_family: int, seeds: int) -> List[Tuple[int, int]]:
+    return [(s, s * _SEED_STRIDE + i) for s in range(seeds) for i in range(tasks_per_family)]
+
+
+def _sample(family, split: str, indices):
+    return [family.sample(split, i, structure=family.sample_structure(split, i)) for _, i in indices]
+
+
+def _label(path, taken) -> str:
+    p = Path(str(path))
+    label = p.parent.name if p.stem == "checkpoint" and p.parent.name else p.stem
+    base, k = label, 2
+    while label in taken:
+        label, k = f"{base}#{k}", k + 1
+    return label
+
+
+def _training_horizon(info: Dict) -> Optional[int]:
+    """The inner horizon a checkpoint was meta-trained with (config horizon 0 = its suite's)."""
+    config = info.get("config") or {}
+    if config.get("horizon"):
+        return int(config["horizon"])
+    name = config.get("suite") or info.get("suite")
+    return get_suite(name).horizon if name in suite_names() else None
+
+
+def _base_horizon(steps, learned, suite) -> Tuple[int, str]:
+    if steps:
+        return int(steps), "set by steps / --steps"
+    trained = {_training_horizon(info) for _, _, info in learned.values()}
+    if len(trained) == 1 and None not in trained:
+        return trained.pop(), "training horizon of the checkpoint(s)"
+    return suite.horizon, f"horizon of suite {suite.name!r}"
+
+
+def _check(seeds: int, tasks_per_family: int, tune_tasks: int, horizons: Sequence[int]) -> List[int]:
+    for name, value in (("seeds", seeds), ("tasks_per_family", tasks_per_family), ("tune_tasks", tune_tasks)):
+        if int(value) < 1:
+            raise ConfigError(f"{name} must be ≥ 1, got {value}")
+    multiples = sorted({int(h) for h in horizons})
+    if not multiples or multiples[0] < 1:
+        raise ConfigError(f"horizons are positive multiples of the training horizon (e.g. 1,10), got {list(horizons)}")
+    return multiples
+
+
+def _run_entry(result: Curves, **extra) -> Dict:
+    return {"curves": result.curves.tolist(), "seconds_per_step": result.seconds_per_step, "error": result.error, **extra}
+
+
+def _oracle(tuning: Dict, tasks, steps: int, device) -> Dict:
+    """Per held-out task, the curve of the tried learning rate with the lowest final loss there."""
+    lrs = tuning["lrs"]
+    lopt, metas = grid_metas(REFERENCE, lrs)
+    result = run_grid(lopt, metas, tasks, steps, device)
+    final = result.curves[..., -1].nan_to_num(float("inf"), posinf=float("inf"))  # (G, n)
+    best = final.argmin(dim=0)
+    curves = result.curves[best, torch.arange(len(tasks))]
+    return _run_entry(Curves(curves, result.seconds_per_step, result.error), lrs=[lrs[i] for i in best.tolist()])
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Torch intra-op threads for the evaluation, restored after: small vmapped runs are fastest on one."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_all(results, learned, resolved, families, training, grid, cap: int, device, progress: bool) -> None:
+    """Tune and run every optimizer at every horizon on every family, filling `results` in place."""
+    from tqdm.auto import tqdm
+
+    oracle = ORACLE in results["optimizers"]
+    units = len(results["horizons"]) * len(families) * (len(learned) + len(resolved) + int(oracle))
+    bar = tqdm(total=units, desc="evaluate", disable=not progress)
+    try:
+        for n in results["horizons"]:
+            for fam, tasks in families.items():
+
+                def record(name, entry):
+                    results["optimizers"][name]["runs"].setdefault(str(n), {})[fam] = entry
+                    bar.update(1)
+
+                for name, (registered, fixed) in resolved.items():
+                    bar.set_description(f"tune {name} · {fam} · {n} steps")
+                    tuning = tune_lr(name, training[fam], n, grid, device)
+                    results["tuning"].setdefault(name, {}).setdefault(str(n), {})[fam] = tuning
+                    bar.set_description(f"{name} · {fam} · {n} steps")
+                    lopt = optimizers.build(registered, lr=tuning["lr"], **fixed)
+                    if name == REFERENCE:  # one long run: its first n steps are the n-step run
+                        long = run_curves(lopt, lopt.init_meta(), tasks, n * cap, device)
+                        entry = _run_entry(long._replace(curves=long.curves[:, : n + 1]), lr=tuning["lr"])
+                        record(name, {**entry, "reference_curves": long.curves.tolist()})
+                        if oracle:
+                            bar.set_description(f"{ORACLE} · {fam} · {n} steps")
+                            record(ORACLE, _oracle(tuning, tasks, n, device))
+                    else:
+                        record(name, _run_entry(run_curves(lopt, lopt.init_meta(), tasks, n, device), lr=tuning["lr"]))
+                for label, (lopt, meta, _) in learned.items():
+                    bar.set_description(f"{label} · {fam} · {n} steps")
+                    record(label, _run_entry(run_curves(lopt, meta, tasks, n, device, horizon=n)))
+    finally:
+        bar.close()
 
 
 def evaluate(
-    checkpoint_paths: Sequence[str],
+    checkpoint_paths: Sequence[str] = (),
     suite: str = "quickstart",
     steps: Optional[int] = None,
     seeds: int = 1,
     tasks_per_family: int = 20,
     baselines: Sequence[str] = ("adam",),
+    horizons: Sequence[int] = DEFAULT_HORIZONS,
     tune_tasks: int = 8,
-    grid: Sequence[float] = DEFAULT_GRID,
+    grid: Optional[Sequence[float]] = None,
+    oracle: bool = True,
+    speedup_cap: int = SPEEDUP_CAP,
     out_dir: Optional[str] = None,
     device: str = "cpu",
+    threads: int = 1,
     progress: bool = True,
 ) -> Dict:
     """Run every checkpoint and every LR-tuned baseline on the same held-out tasks; return results.
 
-    Baseline learning rates are tuned per task family on `tune_tasks` *training* tasks (never on the
-    held-out ones), over `grid`; all optimizers then see identical inits and data order.
-    """
-    from tqdm.auto import tqdm
+    Args:
+        checkpoint_paths: learned optimizers (paths or shipped names).
+        suite: the task suite; its evaluation split (`Suite.eval_split`, usually "heldout") is used.
+        steps: the base horizon T; default: the checkpoints' training horizon (when they agree),
+            else the suite's.
+        seeds, tasks_per_family: `seeds` disjoint draws of `tasks_per_family` tasks per family.
+        baselines: names from `tuning.BASELINES` ("adam", "adamw", "sgd", "sgdm"/"momentum", "lodo");
+            tuned Adam always runs, as the reference of speedups and wins.
+        horizons: multiples of T to evaluate at (default 1× and 10×).
+        tune_tasks, grid: baselines' LRs are tuned per family and horizon on `tune_tasks` training
+            tasks over `grid` (default `DEFAULT_GRID`: 9 values over 1e-4..1; extended past a winning edge).
+        oracle: also run Adam with the best grid LR of each held-out task (a reference, not a fair baseline).
+        speedup_cap: tuned Adam is run `speedup_cap` times longer than each horizon to measure speedups
+            up to that factor (its curve for the horizon itself is the start of that run).
+        out_dir: if given, write results.json/.md/.csv, PNG plots and TensorBoard curves there.
+        threads: torch intra-op threads while running (restored after); 0 keeps torch's setting.
 
+    Returns the results dict of results.json: raw curves per optimizer/horizon/family, tuning
+    records, per-run metrics and the summary (see docs/evaluation.md).
+    """
+    multiples = _check(seeds, tasks_per_family, tune_tasks, horizons)
+    grid = sorted(float(x) for x in (DEFAULT_GRID if grid is None else grid))
+    if len(grid) < 2 or grid[0] <= 0:
+        raise ConfigError(f"the learning-rate grid needs ≥ 2 positive values, got {grid}")
+    if int(speedup_cap) < 1:
+        raise ConfigError(f"speedup_cap must be ≥ 1, got {speedup_cap}")
     device = resolve_device(device)
-    if not checkpoint_paths and not baselines:
-        raise ValueError("nothing to evaluate: give at least one checkpoint or baseline")
+    names = list(dict.fromkeys([REFERENCE, *baselines]))
+    resolved = {name: resolve_baseline(name) for name in names}  # fails early on a bad name
     the_suite = get_suite(suite)
-    steps = steps or the_suite.horizon
-    families = heldout_tasks(the_suite, tasks_per_family, seeds)
-    training = {f.name: [f.sample("train", i) for i in range(tune_tasks)] for f in the_suite.families}
-    learned = {}
-    for path in checkpoint_paths:
-        lopt, meta, info = checkpoints.load(path, device=device)
-        learned[Path(str(path)).stem if Path(str(path)).stem != "checkpoint" else Path(str(path)).parent.name] = (lopt, meta)
-    runs = [(name, fam) for name in [*learned, *baselines] for fam in families]
-    results: Dict = {"suite": suite, "steps": steps, "seeds": seeds, "tasks_per_family": tasks_per_family, "optimizers": {}}
-    tuned: Dict[str, Dict] = {}
-    for name, fam in tqdm(runs, desc="evaluate", disable=not progress):
-        tasks = families[fam]
-        if name in learned:
-            lopt, meta = learned[name]
-            hyper = {"checkpoint": str(name)}
-        else:
-            tuning = tune_lr(name, training[fam], steps, grid, device)
-            tuned.setdefault(name, {})[fam] = tuning
-            lopt = optimizers.build(name, lr=tuning["lr"])
-            meta = lopt.init_meta()
-            hyper = {"lr": tuning["lr"]}
-        curves, per_step = run_curves(lopt, meta, tasks, steps, device, horizon=steps)
-        entry = results["optimizers"].setdefault(name, {"families": {}})
-        entry["families"][fam] = {"curves": curves.tolist(), "seconds_per_step": per_step, **hyper}
-    results["tuning"] = tuned
+    learned: Dict[str, Tuple] = {}
+    for path in checkpoint_paths:  # labels never collide with each other or with a baseline's name
+        learned[_label(path, {*learned, *names, ORACLE})] = checkpoints.load(path, device=device)
+    base, source = _base_horizon(steps, learned, the_suite)
+    lengths = sorted({m * base for m in multiples})
+    split = the_suite.eval_split
+    indices = _indices(tasks_per_family, seeds)
+    families = {f.name: _sample(f, split, indices) for f in the_suite.families}
+    training = {f.name: _sample(f, "train", [(0, i) for i in range(tune_tasks)]) for f in the_suite.families}
+
+    results: Dict = {
+        "suite": suite,
+        "split": split,
+        "seeds": seeds,
+        "tasks_per_family": tasks_per_family,
+        "base_horizon": base,
+        "base_horizon_source": source,
+        "horizons": lengths,
+        "reference": REFERENCE,
+        "speedup_cap": int(speedup_cap),
+        "grid": grid,
+        "tune_tasks": tune_tasks,
+        "device": str(device),
+        "tasks": {
+            fam: [{"seed": s, "index": i, "task_seed": t.seed} for (s, i), t in zip(indices, tasks)]
+            for fam, tasks in families.items()
+        },
+        "optimizers": {},
+        "tuning": {},
+    }
+    for label, (lopt, _, info) in learned.items():
+        entry = {"kind": "learned", "architecture": lopt.name, "trained_horizon": _training_horizon(info)}
+        results["optimizers"][label] = {**entry, "runs": {}}
+    for name in names:
+        registered, fixed = resolved[name]
+        results["optimizers"][name] = {"kind": "baseline", "architecture": registered, "fixed": fixed, "runs": {}}
+    if oracle:
+        results["optimizers"][ORACLE] = {"kind": "oracle", "architecture": REFERENCE, "runs": {}}
+
+    with _threads(threads):
+        _run_all(results, learned, resolved, families, training, grid, int(speedup_cap), device, progress)
+    results["metrics"] = run_metrics(results)
     results["summary"] = summarize(results)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoints.atomic_write(out / "results.json", json.dumps(results).encode())
-        checkpoints.atomic_write(out / "results.md", markdown_table(results).encode())
+        write_outputs(results, Path(out_dir))
     return results

@@ -1,59 +1,194 @@
-"""Metrics and tables from stored loss curves (everything is recomputable from results.json)."""
+"""Metrics, summaries and tables from stored loss curves (everything is recomputable from results.json)."""
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import torch
 
+from l2o.evaluate import metrics
 
-def final_losses(curves) -> torch.Tensor:
-    return torch.tensor(curves)[:, -1]
+LOSS_METRICS = ("final_loss", "best_loss", "log_auc")
+
+
+def _curves(results: Dict, name: str, n: str, fam: str, key: str = "curves") -> torch.Tensor:
+    run = results["optimizers"][name]["runs"][n][fam]
+    return metrics.as_curves(run.get(key, run["curves"]))
+
+
+def _tolist(value: torch.Tensor) -> List:
+    if value.dtype == torch.bool:
+        return [bool(v) for v in value.tolist()]
+    return value.tolist()
+
+
+def run_metrics(results: Dict) -> Dict:
+    """{optimizer: {horizon: {family: {metric: [one value per run]}}}} (see `metrics` for definitions).
+
+    Comparisons (speedup, won, reference_steps) are against the reference (tuned Adam) on the same
+    tasks at the same horizon — speedups on its longer `reference_curves` run when stored; the
+    reference itself has none.
+    """
+    reference = results.get("reference")
+    out: Dict = {}
+    for name, entry in results["optimizers"].items():
+        for n, fams in entry["runs"].items():
+            for fam in fams:
+                ref = None
+                if name != reference and reference in results["optimizers"]:
+                    ref = _curves(results, reference, n, fam, key="reference_curves")
+                values = metrics.per_run(_curves(results, name, n, fam), ref)
+                out.setdefault(name, {}).setdefault(n, {})[fam] = {k: _tolist(v) for k, v in values.items()}
+    return out
+
+
+def _summary_row(values: Dict[str, List], seconds_per_step: float) -> Dict:
+    row = {"runs": len(values["final_loss"]), "diverged": sum(values["diverged"])}
+    for key in LOSS_METRICS:
+        row[key] = metrics.aggregate(values[key])
+    if "speedup" in values:
+        row["speedup"] = metrics.aggregate(values["speedup"])
+        row["speedup_censored"] = sum(values["speedup_censored"])
+        row["fraction_won"] = sum(values["won"]) / len(values["won"])
+    row["seconds_per_step"] = seconds_per_step
+    return row
 
 
 def summarize(results: Dict) -> Dict:
-    """Per optimizer and family: mean/median final loss, diverged count, and wins vs tuned Adam."""
+    """{optimizer: {horizon: {family | "all": row}}}: aggregates over tasks × seeds.
+
+    A row has `runs`, `diverged`, aggregates (mean, median, q25, q75, iqr, n) of final_loss,
+    best_loss, log_auc and — for optimizers other than the reference — speedup, plus
+    speedup_censored (runs where the reference never reached the final loss), fraction_won, and
+    seconds_per_step. "all" pools every family's runs.
+    """
+    per_run = run_metrics(results)
     summary: Dict = {}
-    reference = results["optimizers"].get("adam")
-    for name, entry in results["optimizers"].items():
-        rows = {}
-        for fam, run in entry["families"].items():
-            final = final_losses(run["curves"])
-            finite = torch.isfinite(final)
-            row = {
-                "mean_final": float(final[finite].mean()) if finite.any() else math.nan,
-                "median_final": float(final[finite].median()) if finite.any() else math.nan,
-                "diverged": int((~finite).sum()),
-                "tasks": len(final),
-            }
-            if reference is not None and name != "adam":
-                ref = final_losses(reference["families"][fam]["curves"])
-                wins = torch.where(torch.isfinite(final), final < ref, torch.zeros_like(finite))
-                row["win_rate_vs_adam"] = float(wins.float().mean())
-            rows[fam] = row
-        summary[name] = rows
+    for name, horizons in per_run.items():
+        for n, fams in horizons.items():
+            runs = results["optimizers"][name]["runs"][n]
+            rows = {fam: _summary_row(values, runs[fam]["seconds_per_step"]) for fam, values in fams.items()}
+            pooled = {k: [v for values in fams.values() for v in values[k]] for k in next(iter(fams.values()))}
+            weights = [len(values["final_loss"]) for values in fams.values()]
+            seconds = sum(w * runs[fam]["seconds_per_step"] for w, fam in zip(weights, fams)) / sum(weights)
+            rows["all"] = _summary_row(pooled, seconds)
+            summary.setdefault(name, {})[n] = rows
     return summary
 
 
+# ----------------------------------------------------------------------------------------------
+# Presentation.
+
+
+def _num(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _spread(agg: Dict, bound: str = "") -> str:
+    """median [q25, q75]; `bound` ("≥") marks values that are lower bounds (censored speedups)."""
+    if not agg["n"]:
+        return "—"
+    return f"{bound}{_num(agg['median'])} [{bound}{_num(agg['q25'])}, {bound}{_num(agg['q75'])}]"
+
+
+def _setting(results: Dict, name: str, n: str, fam: str) -> str:
+    entry = results["optimizers"][name]
+    run = entry["runs"][n][fam]
+    if entry["kind"] == "learned":
+        trained = entry.get("trained_horizon")
+        return f"learned ({entry['architecture']}, trained for {trained} steps)" if trained else "learned"
+    if entry["kind"] == "oracle":
+        return f"oracle: best of {len(results['tuning'][results['reference']][n][fam]['lrs'])} LRs per task"
+    return f"lr={run['lr']:.3g}" + (" (all LRs diverged)" if results["tuning"][name][n][fam]["all_diverged"] else "")
+
+
+def _rows(results: Dict, n: str, fam: str) -> Iterator[str]:
+    reference = results["reference"]
+    for name, horizons in results["summary"].items():
+        row = horizons[n][fam]
+        if "speedup" in row:
+            speedup = _spread(row["speedup"], "≥" if row["speedup_censored"] else "")
+            never = f"{row['speedup_censored']}/{row['runs']}"
+            won = f"{row['fraction_won']:.0%}"
+        else:
+            speedup = never = won = "— (reference)" if name == reference else "—"
+        setting = _setting(results, name, n, fam) if fam != "all" else ""
+        cells = [
+            fam,
+            name,
+            _spread(row["final_loss"]),
+            _num(row["final_loss"]["mean"]),
+            _num(row["best_loss"]["median"]),
+            _num(row["log_auc"]["mean"]),
+            speedup,
+            never,
+            won,
+            f"{row['diverged']}/{row['runs']}",
+            "—" if results["optimizers"][name]["kind"] == "oracle" else f"{1e3 * row['seconds_per_step']:.3g}",
+        ]
+        if fam != "all":
+            cells.append(setting)
+        yield "| " + " | ".join(cells) + " |"
+
+
+_COLUMNS = [
+    "family",
+    "optimizer",
+    "final loss: median [q25, q75]",
+    "mean final loss",
+    "median best loss",
+    "mean log-AULC",
+    "speedup vs tuned Adam: median [q25, q75]",
+    "censored (Adam never reached it)",
+    "won vs tuned Adam",
+    "diverged",
+    "ms/step",
+]
+
+
 def markdown_table(results: Dict) -> str:
-    """One row per (family, optimizer): the numbers a user compares first."""
+    """One table per horizon, one row per (family, optimizer): the numbers a user compares first."""
+    base = results["base_horizon"]
     lines = [
-        f"Held-out evaluation on suite `{results['suite']}`: {results['tasks_per_family']} tasks per family × "
-        f"{results['seeds']} seed(s), {results['steps']} steps. Baseline LRs tuned on training tasks.",
-        "",
-        "| family | optimizer | mean final loss | median final loss | win rate vs tuned Adam | diverged | setting |",
-        "|---|---|---|---|---|---|---|",
+        f"Held-out evaluation on suite `{results['suite']}` (split `{results['split']}`): "
+        f"{results['tasks_per_family']} tasks per family × {results['seeds']} seed(s). Baseline learning "
+        f"rates tuned per family and horizon on {results['tune_tasks']} training tasks; `{results['reference']}` "
+        "(tuned) is the reference for speedup and wins; `adam_oracle` picks the best LR per held-out task "
+        f"(not a fair baseline). Speedup = steps tuned Adam needs to reach the optimizer's final loss ÷ "
+        f"steps, measured up to {results['speedup_cap']}× (≥: lower bound, some runs censored). Loss metrics "
+        "exclude diverged runs; ms/step is per task, amortized over vmapped tasks. Definitions: docs/evaluation.md.",
     ]
-    families: List[str] = list(next(iter(results["optimizers"].values()))["families"])
-    for fam in families:
-        for name, rows in results["summary"].items():
-            row = rows[fam]
-            run = results["optimizers"][name]["families"][fam]
-            setting = f"lr={run['lr']:.3g}" if "lr" in run else "learned"
-            win = f"{row['win_rate_vs_adam']:.0%}" if "win_rate_vs_adam" in row else "—"
-            lines.append(
-                f"| {fam} | {name} | {row['mean_final']:.4g} | {row['median_final']:.4g} | {win} | "
-                f"{row['diverged']}/{row['tasks']} | {setting} |"
-            )
+    families = list(results["tasks"])
+    for n in (str(h) for h in results["horizons"]):
+        lines += ["", f"### {n} steps ({int(n) / base:g}× the base horizon {base}, {results['base_horizon_source']})", ""]
+        lines += ["| " + " | ".join(_COLUMNS + ["setting"]) + " |", "|" + "---|" * (len(_COLUMNS) + 1)]
+        for fam in families:
+            lines += list(_rows(results, n, fam))
+        if len(families) > 1:
+            lines += ["", f"All families pooled, {n} steps:", ""]
+            lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+            lines += list(_rows(results, n, "all"))
     return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = [
+    "optimizer", "kind", "steps", "family", "seed", "index", "task_seed", "lr",
+    "final_loss", "best_loss", "log_auc", "diverged", "speedup", "speedup_censored", "reference_steps", "won",
+    "seconds_per_step", "error",
+]  # fmt: skip
+
+
+def csv_rows(results: Dict) -> Iterator[Dict]:
+    """One row per run (optimizer × horizon × task × seed) with its metrics."""
+    for name, horizons in results["metrics"].items():
+        entry = results["optimizers"][name]
+        for n, fams in horizons.items():
+            for fam, values in fams.items():
+                run = entry["runs"][n][fam]
+                for k, task in enumerate(results["tasks"][fam]):
+                    lr = run["lrs"][k] if "lrs" in run else run.get("lr")
+                    row = {"optimizer": name, "kind": entry["kind"], "steps": n, "family": fam, **task, "lr": lr}
+                    row.update({key: values[key][k] for key in CSV_COLUMNS if key in values})
+                    row.update(seconds_per_step=run["seconds_per_step"], error=run["error"] or "")
+                    yield row
