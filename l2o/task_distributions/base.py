@@ -13,45 +13,27 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
-from typing import Callable, Dict, Hashable, List, Optional, Sequence
+import types
+from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from l2o.errors import UnknownNameError
 from l2o.optimizers.base import Params
+from l2o.task_distributions.sampling import MinibatchSampler, shared_evaluation_batch, stacked_minibatches
+from l2o.task_distributions.seeds import SPLITS, generator, split_of, task_seed  # noqa: F401 (re-exported)
 
 Batch = Dict[str, Tensor]
-SPLITS = ("train", "heldout", "ood")
-_SPLIT_OFFSET = {split: i << 40 for i, split in enumerate(SPLITS)}
-_INDEX_LIMIT = 1 << 40
-
-
-def task_seed(family: str, split: str, index: int) -> int:
-    """A task's seed: disjoint ranges per split, mixed with the family name so families differ."""
-    if split not in _SPLIT_OFFSET:
-        raise UnknownNameError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    if not 0 <= index < _INDEX_LIMIT:
-        raise ValueError(f"task index must be in [0, 2^40), got {index}")
-    salt = int.from_bytes(hashlib.sha256(family.encode()).digest()[:2], "little")
-    return _SPLIT_OFFSET[split] + ((index * 65_537 + salt) % _INDEX_LIMIT)
-
-
-def split_of(seed: int) -> str:
-    """Which split a task seed belongs to (inverse of `task_seed`'s range choice)."""
-    return SPLITS[seed >> 40]
-
-
-def generator(seed: int, *stream: int, device: str = "cpu") -> torch.Generator:
-    """A torch.Generator for (seed, stream...): deterministic, independent streams per purpose."""
-    digest = hashlib.sha256(repr((seed,) + stream).encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """One inner problem. `loss` is shared by all tasks of a family and shape (it must be pure)."""
+    """One inner problem. `loss` is shared by all tasks of a family and shape (it must be pure).
+
+    Two optional fields let `TaskBatch` build a batch's data in one piece instead of B·k calls of
+    `batch(step)` (which stays the reference): `sampler` for minibatches drawn from a shared dataset,
+    `static_batch=True` for tasks whose batch is the same at every step (analytic problems).
+    """
 
     family: str
     seed: int
@@ -61,7 +43,8 @@ class Task:
     shape_key: Hashable = ()
     eval_batch: Optional[Callable[[], Batch]] = None  # the fixed batch "final loss" is measured on
     context: Dict[str, Tensor] = dataclasses.field(default_factory=dict)  # constants an optimizer may read
-
+    sampler: Optional[MinibatchSampler] = None  # when set, batch(step) == sampler.batch(step)
+    static_batch: bool = False  # batch(step) is the same for every step
 
     @property
     def split(self) -> str:
@@ -78,14 +61,16 @@ class Task:
         return ctx
 
     def evaluation_batch(self) -> Batch:
-        return self.eval_batch() if self.eval_batch is not None else self.batch(0)
+        if self.eval_batch is not None:
+            return self.eval_batch()
+        return self.sampler.evaluation_batch() if self.sampler is not None else self.batch(0)
 
     @staticmethod
-    def from_module(module, loss_fn, dataset, batch_size: int = 64, seed: int = 0, name: str = "module"):
-        """Turn any `nn.Module` + loss + dataset into a Task (see `module_task.py`)."""
+    def from_module(module, loss_fn, dataset, batch_size: int = 64, seed: int = 0, name: str = "module", **kwargs):
+        """Turn any `nn.Module` + loss + dataset into a Task (see `module_task.task_from_module`)."""
         from l2o.task_distributions.module_task import task_from_module
 
-        return task_from_module(module, loss_fn, dataset, batch_size=batch_size, seed=seed, name=name)
+        return task_from_module(module, loss_fn, dataset, batch_size=batch_size, seed=seed, name=name, **kwargs)
 
 
 class TaskFamily(abc.ABC):
@@ -94,10 +79,21 @@ class TaskFamily(abc.ABC):
     Families whose tasks differ in *shape* (sampled widths, depths, sizes) also implement
     `sample_structure`: the unroll engine draws one structure per task group and passes it to
     `sample(..., structure=...)`, so every task of a vmapped batch has the same shapes.
+
+    `splits` says, per split, how its tasks are drawn: "train" and "heldout" come from the same
+    distribution with disjoint seeds (and disjoint examples for data-backed families); "ood" is a
+    shifted distribution (wider/deeper nets, longer sequences, harder conditioning).
     """
 
     name: str = ""
     description: str = ""
+    splits: Mapping[str, str] = types.MappingProxyType(
+        {
+            "train": "seeds from the train range",
+            "heldout": "the same distribution, disjoint seeds",
+            "ood": "the same distribution, disjoint seeds",
+        }
+    )
 
     @abc.abstractmethod
     def sample(self, split: str, index: int, structure: Optional[Hashable] = None) -> Task:
@@ -111,15 +107,32 @@ class TaskFamily(abc.ABC):
     def sample_many(self, split: str, indices: Sequence[int]) -> List[Task]:
         return [self.sample(split, i) for i in indices]
 
+    def sample_batch(self, split: str, indices: Sequence[int], device: str | torch.device = "cpu") -> "TaskBatch":
+        """Tasks `indices` of `split` as one vmappable batch: they all take the structure of the first."""
+        structure = self.sample_structure(split, indices[0])
+        return TaskBatch([self.sample(split, i, structure=structure) for i in indices], device)
+
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
-    """A named set of task families with an inner horizon: what a learned optimizer is trained on."""
+    """A named set of task families with an inner horizon: what a learned optimizer is trained on.
+
+    `eval_split` is the split an evaluation of this suite reads by default ("ood" for suites built to
+    measure generalization, whose `horizon` is then typically 10× the training one).
+    """
 
     name: str
     description: str
     families: List[TaskFamily]
     horizon: int  # inner steps per task in meta-training and (by default) evaluation
+    eval_split: str = "heldout"
+
+    def task_batches(
+        self, split: str, tasks_per_family: int, start: int = 0, device: str | torch.device = "cpu"
+    ) -> List["TaskBatch"]:
+        """One vmappable batch per family: tasks start .. start+tasks_per_family-1 of `split`."""
+        indices = range(start, start + tasks_per_family)
+        return [family.sample_batch(split, indices, device) for family in self.families]
 
 
 def stack_trees(trees: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
@@ -131,7 +144,8 @@ class TaskBatch:
     """Tasks that share a loss function and shapes, run together under vmap.
 
     `batches(steps, k)` returns data for every task at its own inner steps, stacked as (B, k, ...):
-    tasks in a batch may be at different points of their trajectories (staggered resets).
+    tasks in a batch may be at different points of their trajectories (staggered resets). The data
+    of a step depends only on (task seed, step), never on the batch a task sits in.
     """
 
     def __init__(self, tasks: Sequence[Task], device: str | torch.device = "cpu"):
@@ -147,16 +161,28 @@ class TaskBatch:
     def __len__(self) -> int:
         return len(self.tasks)
 
+    def _to_device(self, tree: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {k: v.to(self.device) for k, v in tree.items()}
+
     def init_params(self) -> Params:
-        return {k: v.to(self.device) for k, v in stack_trees([t.init_params() for t in self.tasks]).items()}
+        return self._to_device(stack_trees([t.init_params() for t in self.tasks]))
 
     def contexts(self, horizon: Optional[int] = None) -> Dict[str, Tensor]:
-        ctx = stack_trees([t.optimizer_context(horizon) for t in self.tasks])
-        return {k: v.to(self.device) for k, v in ctx.items()}
+        return self._to_device(stack_trees([t.optimizer_context(horizon) for t in self.tasks]))
 
     def batches(self, steps: Sequence[int], k: int) -> Batch:
+        if all(t.sampler is not None for t in self.tasks):
+            return stacked_minibatches([t.sampler for t in self.tasks], steps, k, self.device)
+        if all(t.static_batch for t in self.tasks):
+            # The same data at every step: a stride-0 view over k instead of k copies.
+            once = self._to_device(stack_trees([t.batch(0) for t in self.tasks]))
+            return {key: v.unsqueeze(1).expand(v.shape[0], k, *v.shape[1:]) for key, v in once.items()}
         per_task = [stack_trees([t.batch(s + j) for j in range(k)]) for t, s in zip(self.tasks, steps)]
-        return {key: v.to(self.device) for key, v in stack_trees(per_task).items()}
+        return self._to_device(stack_trees(per_task))
 
     def evaluation_batches(self) -> Batch:
-        return {k: v.to(self.device) for k, v in stack_trees([t.evaluation_batch() for t in self.tasks]).items()}
+        if all(t.eval_batch is None and t.sampler is not None for t in self.tasks):
+            shared = shared_evaluation_batch([t.sampler for t in self.tasks], self.device)
+            if shared is not None:
+                return shared
+        return self._to_device(stack_trees([t.evaluation_batch() for t in self.tasks]))
