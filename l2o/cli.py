@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Metric definitions: docs/evaluation.md.",
     )
     p.add_argument("--checkpoint", action="append", required=True, metavar="PATH|NAME", help="repeatable")
-    p.add_argument("--suite", default="quickstart", help="task suite (see `l2o list`)")
+    p.add_argument("--suite", help="task suite (see `l2o list`; default: the first checkpoint's training suite)")
     p.add_argument(
         "--steps", type=_positive, help="base horizon T (default: the checkpoints' training horizon, else the suite's)"
     )

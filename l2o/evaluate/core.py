@@ -150,7 +150,7 @@ def _run_all(results, learned, resolved, families, training, grid, cap: int, dev
 
 def evaluate(
     checkpoint_paths: Sequence[str] = (),
-    suite: str = "quickstart",
+    suite: Optional[str] = None,
     steps: Optional[int] = None,
     seeds: int = 1,
     tasks_per_family: int = 20,
@@ -170,6 +170,7 @@ def evaluate(
     Args:
         checkpoint_paths: learned optimizers (paths or shipped names).
         suite: the task suite; its evaluation split (`Suite.eval_split`, usually "heldout") is used.
+            Default: the suite the first checkpoint was trained on (else "quickstart").
         steps: the base horizon T; default: the checkpoints' training horizon (when they agree),
             else the suite's.
         seeds, tasks_per_family: `seeds` disjoint draws of `tasks_per_family` tasks per family.
@@ -196,10 +197,13 @@ def evaluate(
     device = resolve_device(device)
     names = list(dict.fromkeys([REFERENCE, *baselines]))
     resolved = {name: resolve_baseline(name) for name in names}  # fails early on a bad name
-    the_suite = get_suite(suite)
     learned: Dict[str, Tuple] = {}
     for path in checkpoint_paths:  # labels never collide with each other or with a baseline's name
         learned[_label(path, {*learned, *names, ORACLE})] = checkpoints.load(path, device=device)
+    if suite is None:
+        trained_on = [info.get("suite") for _, _, info in learned.values() if info.get("suite")]
+        suite = trained_on[0] if trained_on else "quickstart"
+    the_suite = get_suite(suite)
     base, source = _base_horizon(steps, learned, the_suite)
     lengths = sorted({m * base for m in multiples})
     split = the_suite.eval_split
