@@ -53,7 +53,7 @@ def plot_curves(results: Dict, steps: str, path: Path) -> Path:
     for ax in list(axes.flat)[len(families) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"{results['suite']}, {steps} steps: median and interquartile band over tasks × seeds", fontsize=10)
+    fig.suptitle(f"{results['suite']}, {steps} steps\nmedian and interquartile band over tasks × seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
