@@ -151,8 +151,8 @@ class LODO(LearnedOptimizer):
         partition: "tensor" (one G per parameter tensor, the default) or "flat" (one G over all
             parameters, the paper's setup; then every parameter needs a gradient at every step and
             all groups one lr).
-        chunk_size: > 0 splits each tensor (or the flat vector) into chunks with their own G; bounds
-            the permutations' span, which keeps large tensors fast.
+        chunk_size: > 0 splits each tensor (or the flat vector) into chunks with their own G (they
+            share one set of permutations, which saves 256 B per parameter).
         seed: draws the fixed permutations and initial orthogonal blocks.
     """
 
