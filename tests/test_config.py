@@ -45,6 +45,11 @@ def test_unknown_key_lists_valid_keys():
         ("meta_loss=median", "meta_loss must be"),
         ("horizon=30", "multiple of unroll_length"),
         ("device=tpu", "device must be cpu or cuda"),
+        ("estimator=reinforce", "estimator must be one of tbptt, pes, tes"),
+        ("sigma=0", "sigma must be > 0"),
+        ("horizon_schedule=cosine", "horizon_schedule must be one of constant, log_uniform"),
+        ("horizon_min=15", "horizon_min .15. must be a multiple of unroll_length"),
+        ("groups_per_family=-1", "must be ≥ 0"),
         ("nonsense", "must look like key=value"),
     ],
 )

@@ -1,11 +1,15 @@
 """Trainer: writes checkpoints and TensorBoard logs, resumes exactly, protects other runs' directories."""
 
+import math
+
 import pytest
 import torch
 
 from l2o import checkpoints
 from l2o.errors import ConfigError, RunDirectoryError
 from l2o.meta_train import Config, MetaTrainer, meta_train
+from l2o.meta_train import trainer as trainer_module
+from l2o.task_distributions.base import Suite, Task, TaskFamily, task_seed
 
 TINY = dict(
     optimizer="lstm",
@@ -71,3 +75,83 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA device"):
         MetaTrainer(Config(**{**TINY, "device": "cuda"}), tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("estimator", ["pes", "tes"])
+def test_es_runs_with_log_uniform_horizons_and_resume_is_exact(tmp_path, estimator):
+    cfg = dict(TINY, suite="quickstart", tasks_per_family=3, horizon=40, estimator=estimator, sigma=0.05,
+               horizon_schedule="log_uniform", random_offsets=True, outer_steps=6, checkpoint_every=3)
+    straight = MetaTrainer(Config(**cfg), tmp_path / "a", progress=False)
+    assert straight.groups[0].copies == 2 and len(set(straight.groups[0].horizons)) > 1
+    straight.train()
+    assert all(torch.isfinite(v).all() for v in straight.meta.values())
+    MetaTrainer(Config(**{**cfg, "outer_steps": 3}), tmp_path / "b", progress=False).train()
+    resumed = MetaTrainer(Config(**cfg), tmp_path / "b", resume=True, progress=False)
+    if estimator == "pes":  # the noise accumulators come back with the tasks
+        assert torch.equal(resumed.groups[0].estimator_state["xi"]["head.w"],
+                           MetaTrainer(Config(**{**cfg, "outer_steps": 3}), tmp_path / "b", resume=True,
+                                       progress=False).groups[0].estimator_state["xi"]["head.w"])
+        assert resumed.groups[0].estimator_state["xi"]["head.w"].abs().sum() > 0
+    resumed.train()
+    for k, v in straight.meta.items():
+        assert torch.equal(v, resumed.meta[k]), k
+    assert straight.history == resumed.history
+
+
+def _exploding_loss(params, batch):
+    return (params["x"] ** 2).sum() * torch.where(batch["bomb"] > 0, torch.nan, 1.0)
+
+
+class _SometimesNaN(TaskFamily):
+    """Every third task's loss (and gradient) is NaN from the first step."""
+
+    name = "sometimes_nan"
+
+    def sample(self, split, index, structure=None):
+        bomb = {"bomb": torch.tensor(float(index % 3 == 0))}
+        return Task(self.name, task_seed(self.name, split, index), lambda g: {"x": torch.randn(3, generator=g)},
+                    _exploding_loss, lambda step: bomb, static_batch=True)
+
+
+@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+def test_nan_tasks_are_counted_and_never_reach_meta_params(tmp_path, monkeypatch, estimator):
+    suite = Suite("nan", "tasks that blow up", [_SometimesNaN()], 10)
+    monkeypatch.setattr(trainer_module, "get_suite", lambda name: suite)
+    cfg = Config(**{**TINY, "suite": "nan", "tasks_per_family": 6, "outer_steps": 6, "estimator": estimator})
+    trainer = MetaTrainer(cfg, tmp_path / "run", progress=False)
+    before = {k: v.detach().clone() for k, v in trainer.meta.items()}
+    summary = trainer.train()
+    assert summary["nonfinite_tasks"] >= 6  # ≈ a third of the tasks each truncation
+    assert summary["skipped_updates"] == 0  # masked tasks do not poison the meta-gradient
+    assert all(torch.isfinite(v).all() for v in trainer.meta.values())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.meta.items())  # the finite tasks trained it
+    assert all(math.isfinite(x) for x in trainer.history["meta_loss"] + trainer.history["inner_loss"])
+    assert torch.isfinite(trainer.groups[0].params["x"]).all()
+
+
+def test_a_nonfinite_meta_gradient_is_counted_and_skipped(tmp_path):
+    trainer = MetaTrainer(Config(**{**TINY, "outer_steps": 2}), tmp_path / "run", progress=False)
+    real = trainer.estimator.meta_gradient
+    calls = []
+
+    def poisoned(meta, groups, collective):
+        grads, stats = real(meta, groups, collective)
+        calls.append(1)
+        if len(calls) == 1:
+            grads = {k: torch.full_like(g, torch.inf) for k, g in grads.items()}
+        return grads, stats
+
+    trainer.estimator.meta_gradient = poisoned
+    before = {k: v.detach().clone() for k, v in trainer.meta.items()}
+    trainer.train()
+    assert trainer.counters["skipped_updates"] == 1 and math.isinf(trainer.history["meta_grad_norm"][0])
+    assert all(torch.isfinite(v).all() for v in trainer.meta.values())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.meta.items())  # the second update applied
+
+
+def test_resume_restores_the_global_rng_for_losses_that_draw_from_it(tmp_path):
+    MetaTrainer(Config(**{**TINY, "outer_steps": 2}), tmp_path / "run", progress=False).train()
+    at_save = torch.get_rng_state()  # the last checkpoint is written at the end of train()
+    torch.manual_seed(1234)
+    MetaTrainer(Config(**TINY), tmp_path / "run", resume=True, progress=False)
+    assert torch.equal(torch.get_rng_state(), at_save)

@@ -27,8 +27,13 @@ class Config:
     tasks_per_family: int = 8  # B: persistent inner trajectories per task family (vmapped together)
     unroll_length: int = 20  # K: inner steps per truncation
     horizon: int = 100  # T: inner steps per task; 0 = the suite's horizon
+    horizon_schedule: str = "constant"  # constant | log_uniform (each task draws T in [horizon_min, horizon])
+    horizon_min: int = 0  # lower end of log_uniform horizons; 0 = unroll_length
+    random_offsets: bool = False  # cut each slot's first task short by a random offset (else staggered)
+    groups_per_family: int = 0  # task groups (B tasks each) per family, split over ranks; 0 = one per process
     outer_steps: int = 1500  # meta-updates
-    estimator: str = "tbptt"
+    estimator: str = "tbptt"  # tbptt | pes | tes (see l2o/meta_train/estimators.py)
+    sigma: float = 0.01  # pes/tes: std of the antithetic meta-param perturbations
     meta_loss: str = "mean_log"  # mean | mean_log | last
     second_order: bool = True  # False drops second derivatives (gradients enter as constants)
     meta_lr: float = 3e-3
@@ -37,6 +42,7 @@ class Config:
     checkpoint_every: int = 250  # outer steps between checkpoints (and one at the end)
     log_every: int = 10  # outer steps between TensorBoard writes
     device: str = "cpu"
+    compile: bool = False  # run each truncation's unroll under torch.compile (see docs/meta_training.md)
     threads: int = 1  # torch intra-op threads (small unrolls run fastest on one); 0 = torch's default
 
     def validate(self) -> "Config":
@@ -48,6 +54,21 @@ class Config:
             raise ConfigError(f"horizon must be ≥ 0 (0 = the suite's), got {self.horizon}")
         if self.horizon and self.horizon % self.unroll_length:
             raise ConfigError(f"horizon ({self.horizon}) must be a multiple of unroll_length ({self.unroll_length})")
+        if self.horizon_min < 0 or self.groups_per_family < 0:
+            raise ConfigError("horizon_min and groups_per_family must be ≥ 0 (0 = automatic)")
+        if self.horizon_min % self.unroll_length:
+            raise ConfigError(
+                f"horizon_min ({self.horizon_min}) must be a multiple of unroll_length ({self.unroll_length})"
+            )
+        from l2o.meta_train.estimators import ESTIMATORS
+        from l2o.meta_train.schedules import SCHEDULES
+
+        if self.horizon_schedule not in SCHEDULES:
+            raise ConfigError(f"horizon_schedule must be one of {', '.join(SCHEDULES)}, got {self.horizon_schedule!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if not self.sigma > 0:
+            raise ConfigError(f"sigma must be > 0, got {self.sigma}")
         if self.meta_loss not in ("mean", "mean_log", "last"):
             raise ConfigError(f"meta_loss must be mean, mean_log or last, got {self.meta_loss!r}")
         if self.meta_lr <= 0:

@@ -2,7 +2,10 @@
 
 Everything random derives from (config.seed, task-group counters), and the carried inner state is
 saved with the meta-optimizer's, so `--resume` continues the same trajectory an uninterrupted run
-would have taken.
+would have taken — bitwise on CPU, also after `kill -9`: both files are written atomically, and the
+training state (meta-params, Adam moments, every group's tasks, inner params and optimizer state,
+estimator accumulators, counters, history) is the only thing a resumed run reads.
+Under torchrun each rank trains its share of the task groups (see distributed.py).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import torch
 from l2o import checkpoints, optimizers
 from l2o.devices import resolve_device
 from l2o.errors import ConfigError, RunDirectoryError
+from l2o.meta_train import distributed
 from l2o.meta_train.config import Config
-from l2o.meta_train.estimators import ESTIMATORS
+from l2o.meta_train.distributed import Collective
+from l2o.meta_train.estimators import build_estimator
+from l2o.meta_train.schedules import HorizonSchedule
 from l2o.meta_train.unroll import TaskGroup
 from l2o.task_distributions import get_suite
 from l2o.task_distributions.base import generator
@@ -33,14 +39,25 @@ _RUN_FILES = (CHECKPOINT, "checkpoint.json", TRAIN_STATE, "config.json", "tb")
 class MetaTrainer:
     """Owns one run directory: builds the optimizer, task groups and meta-optimizer, then trains."""
 
-    def __init__(self, config: Config, out_dir, resume: bool = False, overwrite: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        config: Config,
+        out_dir,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
+        collective: Optional[Collective] = None,
+    ):
         self.config = config.validate()
         self.out = Path(out_dir)
-        self.progress = progress
-        self._claim_directory(resume, overwrite)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
+        if collective is None:
+            collective, device = distributed.from_env(device)
+        self.collective, self.device = collective, device
+        self.progress = progress and collective.is_main
+        self._claim_directory(resume, overwrite)
         self.lopt = optimizers.build(config.optimizer, **config.optimizer_args)
         if not self.lopt.meta_trainable:
             raise ConfigError(f"{config.optimizer} learns online and has nothing to meta-train")
@@ -50,25 +67,44 @@ class MetaTrainer:
             raise ConfigError(
                 f"the inner horizon ({self.horizon}) must be a multiple of unroll_length ({config.unroll_length})"
             )
+        schedule = HorizonSchedule(
+            self.horizon,
+            config.unroll_length,
+            kind=config.horizon_schedule,
+            low=config.horizon_min or config.unroll_length,
+            random_offsets=config.random_offsets,
+            seed=config.seed,
+        )
         meta = self.lopt.init_meta(generator(config.seed, 0))
         self.meta = {k: v.to(self.device).requires_grad_(True) for k, v in meta.items()}
         self.meta_opt = torch.optim.Adam(self.meta.values(), lr=config.meta_lr)
-        if config.estimator not in ESTIMATORS:
-            raise ConfigError(f"unknown estimator {config.estimator!r}; available: {', '.join(ESTIMATORS)}")
-        self.estimator = ESTIMATORS[config.estimator](meta_loss=config.meta_loss)
+        self.estimator = build_estimator(config.estimator, meta_loss=config.meta_loss, sigma=config.sigma)
+        # The global list of groups (replica-major, so ranks get a mix of families); this rank's share.
+        replicas = config.groups_per_family or collective.world_size
+        families = self.suite.families
+        self.n_groups = replicas * len(families)
+        if self.n_groups < collective.world_size:
+            raise ConfigError(
+                f"{self.n_groups} task group(s) cannot be split over {collective.world_size} processes; "
+                f"set groups_per_family ≥ {-(-collective.world_size // len(families))} (or 0: one per process)"
+            )
+        self.group_positions = list(range(collective.rank, self.n_groups, collective.world_size))
         self.groups = [
             TaskGroup(
-                family,
+                families[j % len(families)],
                 self.lopt,
                 config.tasks_per_family,
                 self.horizon,
                 config.unroll_length,
                 config.seed,
-                group_id=i,
+                group_id=j,  # = family index + n_families · replica: replica 0 keeps the family's id
                 device=self.device,
                 second_order=config.second_order,
+                schedule=schedule,
+                antithetic=self.estimator.antithetic,
+                compile=config.compile,
             )
-            for i, family in enumerate(self.suite.families)
+            for j in self.group_positions
         ]
         self.step = 0
         self.counters = {"skipped_updates": 0, "nonfinite_tasks": 0}
@@ -81,20 +117,24 @@ class MetaTrainer:
 
     # -- run directory ------------------------------------------------------------------------------
     def _claim_directory(self, resume: bool, overwrite: bool) -> None:
+        """Check (every rank, before anyone writes) that the directory is ours to use; then rank 0
+        clears it (--overwrite) and writes config.json while the others wait."""
         ours = [self.out / name for name in _RUN_FILES if (self.out / name).exists()]
         if resume:
             if not (self.out / TRAIN_STATE).is_file():
                 raise RunDirectoryError(f"--resume: no training state in {self.out} (expected {TRAIN_STATE})")
             return
-        if self.out.exists() and any(self.out.iterdir()):
-            if not overwrite:
-                raise RunDirectoryError(
-                    f"{self.out} already holds files; pass --resume to continue that run or --overwrite to replace it"
-                )
+        if self.out.exists() and any(self.out.iterdir()) and not overwrite:
+            raise RunDirectoryError(
+                f"{self.out} already holds files; pass --resume to continue that run or --overwrite to replace it"
+            )
+        self.collective.barrier()
+        if self.collective.is_main:
             for path in ours:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        self.collective.barrier()
 
     # -- persistence ------------------------------------------------------------------------------
     def checkpoint_info(self) -> Dict:
@@ -106,12 +146,23 @@ class MetaTrainer:
         }
 
     def save(self) -> None:
+        """Rank 0 writes the checkpoint and the training state (with every rank's groups, gathered)."""
+        mine = {
+            "groups": [(j, _to_cpu(g.state_dict())) for j, g in zip(self.group_positions, self.groups)],
+            "rng": _rng_state(self.device),
+        }
+        gathered = self.collective.gather(mine)
+        if not self.collective.is_main:
+            return
+        groups = dict(item for rank in gathered for item in rank["groups"])
         checkpoints.save(self.out / CHECKPOINT, self.lopt, self.meta, self.checkpoint_info())
         tensors: Dict[str, torch.Tensor] = {}
         payload = {
             "meta": self.meta,
             "meta_opt": self.meta_opt.state_dict(),
-            "groups": [g.state_dict() for g in self.groups],
+            "groups": [groups[j] for j in range(self.n_groups)],
+            # l2o draws nothing from global RNGs; saved for losses that do (dropout), one per rank.
+            "rng": [rank["rng"] for rank in gathered],
             "counters": self.counters,
             "history": self.history,
         }
@@ -132,16 +183,25 @@ class MetaTrainer:
         saved_cfg = dict(header["config"])
         mine = self.config.to_dict()
         # outer_steps may grow on resume (train longer); anything else changing would fork the run.
-        changed = [k for k in mine if k not in ("outer_steps", "device", "threads") and saved_cfg.get(k) != mine[k]]
+        free = ("outer_steps", "device", "threads", "compile", "checkpoint_every", "log_every")
+        changed = [k for k in mine if k not in free and saved_cfg.get(k, Config().to_dict()[k]) != mine[k]]
         if changed:
             raise ConfigError(f"--resume with a different config ({', '.join(changed)}); start a new run instead")
         payload = checkpoints.decode(header["skeleton"], tensors)
+        if len(payload["groups"]) != self.n_groups:
+            raise ConfigError(
+                f"{self.out} was trained with {len(payload['groups'])} task groups, this launch has {self.n_groups} "
+                "(groups_per_family = 0 means one per process): resume with the same number of processes"
+            )
         with torch.no_grad():
             for k, v in self.meta.items():
                 v.copy_(payload["meta"][k])
         self.meta_opt.load_state_dict(payload["meta_opt"])
-        for group, saved in zip(self.groups, payload["groups"]):
-            group.load_state_dict(saved, self.meta)
+        for j, group in zip(self.group_positions, self.groups):
+            group.load_state_dict(payload["groups"][j], self.meta)
+        rng = payload.get("rng", [])
+        if len(rng) == self.collective.world_size:
+            _set_rng_state(rng[self.collective.rank], self.device)
         self.counters = payload["counters"]
         self.history = payload["history"]
         self.step = header["step"]
@@ -165,8 +225,12 @@ class MetaTrainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step)
-        inner_per_step = cfg.unroll_length * sum(g.size for g in self.groups)
+        main = self.collective.is_main
+        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step) if main else None
+        # Inner steps of every trajectory of every rank (antithetic groups run two per task).
+        trajectories = self.collective.sum_floats([sum(g.size * g.copies for g in self.groups)])[0]
+        inner_per_step = cfg.unroll_length * int(trajectories)
+        saved_at = self.step
         bar = tqdm(
             total=cfg.outer_steps, initial=self.step, desc=f"meta-train {cfg.optimizer}", disable=not self.progress
         )
@@ -174,7 +238,7 @@ class MetaTrainer:
         try:
             while self.step < cfg.outer_steps:
                 t0 = time.perf_counter()
-                grads, stats = self.estimator.meta_gradient(self.meta, self.groups)
+                grads, stats = self.estimator.meta_gradient(self.meta, self.groups, self.collective)
                 norm = self._apply(grads)
                 self.step += 1
                 self.counters["nonfinite_tasks"] += int(stats["nonfinite_tasks"])
@@ -182,7 +246,7 @@ class MetaTrainer:
                 self.history["meta_grad_norm"].append(norm)
                 self.history["inner_loss"].append(stats["inner_loss"])
                 rate = inner_per_step / max(time.perf_counter() - t0, 1e-9)
-                if self.step % cfg.log_every == 0 or self.step == cfg.outer_steps:
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.outer_steps):
                     for key, value in (*stats.items(), ("meta_grad_norm", norm), ("inner_steps_per_s", rate)):
                         writer.add_scalar(f"meta_train/{key}", value, self.step)
                     for key, value in self.counters.items():
@@ -191,10 +255,13 @@ class MetaTrainer:
                 bar.set_postfix(meta_loss=f"{stats['meta_loss']:.3f}", grad=f"{norm:.2g}")
                 if self.step % cfg.checkpoint_every == 0:
                     self.save()
+                    saved_at = self.step
         finally:
             bar.close()
-            writer.close()
-        self.save()
+            if writer is not None:
+                writer.close()
+        if saved_at != self.step:
+            self.save()
         elapsed = time.perf_counter() - start
         done = self.step - started_at
         return {
@@ -207,6 +274,29 @@ class MetaTrainer:
         }
 
 
+def _rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _to_cpu(tree):
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to_cpu(v) for v in tree)
+    return tree
+
+
 def meta_train(config: Config, out_dir, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Dict:
-    """Run (or resume) a meta-training job and return its summary."""
+    """Run (or resume) a meta-training job and return its summary (under torchrun: on every rank)."""
     return MetaTrainer(config, out_dir, resume=resume, overwrite=overwrite, progress=progress).train()
