@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -61,13 +62,30 @@ def _families():
 def cmd_meta_train(args) -> int:
     from l2o.meta_train import load_config, meta_train
 
+    if args.nproc > 1:  # re-enter this command on N processes (torchrun), without the flag
+        from l2o.meta_train.launch import launch
+
+        return launch(args.nproc, _without_nproc(args.argv[args.argv.index("meta-train") + 1 :]))
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f'device="{args.device}"')
     config = load_config(args.config, overrides)
     summary = meta_train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns; one summary is enough
+        print(json.dumps(summary, indent=2))
     return 0
+
+
+def _without_nproc(argv: List[str]) -> List[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def cmd_evaluate(args) -> int:
@@ -151,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc", type=_positive, default=1, metavar="N",
+        help="run on N local processes (torchrun; each unrolls its share of the task groups)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. outer_steps=200")
     p.set_defaults(func=cmd_meta_train)
 
@@ -197,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except L2OError as err:

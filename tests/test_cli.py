@@ -87,3 +87,9 @@ def test_help_explains_every_command():
     for command in ("meta-train", "evaluate", "list"):
         proc = subprocess.run([sys.executable, "-m", "l2o.cli", command, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage: l2o" in proc.stdout
+
+
+def test_nproc_is_stripped_before_relaunching():
+    from l2o.cli import _without_nproc
+
+    assert _without_nproc(["--nproc", "2", "--out", "D", "--nproc=3", "x=1"]) == ["--out", "D", "x=1"]
