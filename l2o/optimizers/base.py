@@ -153,3 +153,15 @@ def bias_corrected(ema: Tensor, beta: float, t: Tensor) -> Tensor:
 
 def scalar_like(value: float, ref: Tensor) -> Tensor:
     return torch.full((), float(value), dtype=ref.dtype, device=ref.device)
+
+
+def compile_step(lopt: FunctionalOptimizer, **compile_kwargs) -> FunctionalOptimizer:
+    """A copy of `lopt` whose `step` runs under `torch.compile` (for inference, e.g. LearnedOptimizer).
+
+    Architectures may branch on `torch.compiler.is_compiling()` to use a fusion-friendly
+    formulation. The copy has the same hyperparameters, so it saves to the same checkpoint; keep
+    the plain object for meta-training (vmap and grad through a compiled step are not supported).
+    """
+    compiled = dataclasses.replace(lopt)
+    object.__setattr__(compiled, "step", torch.compile(lopt.step, **compile_kwargs))
+    return compiled

@@ -1,0 +1,194 @@
+"""Per-step cost of every registered optimizer through `l2o.LearnedOptimizer`, vs torch's Adam.
+
+For each size N (≈1e4, 1e5, 1e6 parameters: one d×d weight and a d bias, d = sqrt(N)) and every
+architecture in `l2o.optimizers.names()` (default hyperparameters; `lodo` through `l2o.LODO`), time
+`opt.step()` with fixed gradients (no backward pass) against `torch.optim.Adam(foreach=True)` on
+the same parameters. Architectures in --compile are also timed with their functional step under
+`torch.compile` (`l2o.optimizers.base.compile_step`); compile time is excluded and reported.
+
+The memory-bound architectures (mlp, velo) are judged against Adam (target: ≤ 3× at 1e6 on CPU).
+The compute-bound ones (lstm, transformer_bfgs) are judged against measured matmul throughput:
+their analytic FLOPs per step divided by the step time, as a fraction of what `torch.mm` reaches on
+a 1024² product with the same threads. The 1e4 → 1e6 scaling column is t(1e6)/t(1e4) (100 = linear).
+
+    python benchmarks/step_overhead.py                         # ≈ 15-25 min on one busy core
+    python benchmarks/step_overhead.py --sizes 1e4 --only mlp,adam --compile ""   # smoke run
+
+Writes benchmarks/results/step_overhead.md and step_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+import l2o
+from l2o import optimizers
+from l2o.optimizers.base import compile_step
+
+ROOT = Path(__file__).resolve().parent.parent
+HORIZON = 10_000  # num_steps for architectures that condition on training progress
+# Per-architecture constructor arguments beyond the defaults (what a step needs to run at all).
+CONTEXT = {"ntk_gd": {"smoothness": 1.0}}
+
+
+def make_params(n: int) -> List[torch.nn.Parameter]:
+    d = max(1, round(math.sqrt(n)))
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(d, d, generator=gen) / d), torch.nn.Parameter(torch.zeros(d))]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 0.01
+    return params
+
+
+def make_optimizer(name: str, params, compiled: bool) -> torch.optim.Optimizer:
+    if name == "torch.Adam":
+        return torch.optim.Adam(params, lr=1e-3, foreach=True)
+    if name == "lodo":
+        return l2o.LODO(params)
+    lopt = optimizers.build(name)
+    if compiled:
+        lopt = compile_step(lopt, dynamic=False)
+    return l2o.LearnedOptimizer(params, optimizer=lopt, num_steps=HORIZON, context=CONTEXT.get(name))
+
+
+def time_steps(opt: torch.optim.Optimizer, warmup: int, repeats: int) -> Dict[str, float]:
+    needs_loss = getattr(getattr(opt, "lopt", None), "needs_loss", False)
+    step = (lambda: opt.step(loss=torch.tensor(1.0))) if needs_loss else opt.step
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"ms": 1e3 * statistics.median(times), "warmup_s": warm}
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def flops_per_coordinate(name: str) -> Optional[float]:
+    """Multiply-adds ×2 of the networks that make an architecture compute-bound (features excluded)."""
+    lopt = optimizers.build(name)
+    if name == "lstm":
+        h = lopt.hidden
+        n_in = h if lopt.preprocess == "rnnprop" else 2
+        cells = sum(2 * 4 * h * ((n_in if layer == 0 else h) + h) for layer in range(lopt.layers))
+        return cells + 2 * h + (2 * 2 * h if lopt.preprocess == "rnnprop" else 0)
+    if name == "transformer_bfgs":
+        e, b, f = lopt.embed, lopt.block_size, lopt.n_inputs
+        per_layer = 2 * 4 * e * e + 2 * 2 * b * e + 2 * 2 * e * lopt.ffn_mult * e
+        preconditioner = 2 * b + 10 * b  # B·d, and the rank-two update (B·w, outer products) per row
+        return 2 * f * e + lopt.layers * per_layer + 2 * e * 3 + preconditioner
+    return None
+
+
+def run(sizes: List[int], names: List[str], compiled: List[str], warmup: int, repeats: int, log: Callable) -> Dict:
+    results: Dict = {"sizes": {}, "matmul_gflops": matmul_gflops()}
+    log(f"matmul (1024², fp32): {results['matmul_gflops']:.1f} GFLOP/s")
+    for n in sizes:
+        rows = {}
+        variants = [("torch.Adam", False)] + [(nm, False) for nm in names] + [(nm, True) for nm in compiled]
+        for name, comp in variants:
+            label = f"{name} (compiled)" if comp else name
+            params = make_params(n)
+            reps = max(3, repeats if n <= 100_000 else repeats // 3)
+            try:
+                opt = make_optimizer(name, params, comp)
+                rows[label] = time_steps(opt, warmup + (2 if comp else 0), reps)
+            except Exception as err:  # an architecture that cannot run here is reported, not fatal
+                rows[label] = {"error": f"{type(err).__name__}: {err}"}
+            rows[label]["params"] = sum(p.numel() for p in params)
+            log(f"N={n:.0e} {label:28s} {rows[label]}")
+        results["sizes"][str(n)] = rows
+    return results
+
+
+def markdown(results: Dict, command: str) -> str:
+    sizes = list(results["sizes"])
+    peak = results["matmul_gflops"]
+    lines = [
+        "# Optimizer step overhead",
+        "",
+        f"Machine: 2-core CPU (AMD EPYC, AVX2), torch {torch.__version__} CPU, {torch.get_num_threads()} thread(s); "
+        f"{datetime.date.today().isoformat()}. Command: `{command}`.",
+        "",
+        "`l2o.LearnedOptimizer.step()` with fixed gradients on one d×d weight + d bias, median over repeats;",
+        "\"× Adam\" is relative to `torch.optim.Adam(foreach=True)` on the same parameters. "
+        f"Measured matmul throughput: {peak:.1f} GFLOP/s.",
+        "",
+        "| optimizer | " + " | ".join(f"N={int(s):.0e} ms (× Adam)" for s in sizes) + " | t(1e6)/t(1e4) | GFLOP/s at largest N (% of matmul) |",
+        "|---|" + "---|" * (len(sizes) + 2),
+    ]
+    labels = list(results["sizes"][sizes[0]])
+    for label in labels:
+        cells = []
+        for s in sizes:
+            row, adam = results["sizes"][s].get(label, {}), results["sizes"][s]["torch.Adam"]
+            cells.append(f"{row['ms']:.3g} ({row['ms'] / adam['ms']:.2g}×)" if "ms" in row else "error")
+        first, last = results["sizes"][sizes[0]].get(label, {}), results["sizes"][sizes[-1]].get(label, {})
+        scaling = f"{last['ms'] / first['ms']:.0f}" if "ms" in first and "ms" in last and len(sizes) > 1 else "—"
+        name = label.split(" ")[0]
+        fpc = flops_per_coordinate(name) if name in optimizers.names() else None
+        if fpc and "ms" in last:
+            gflops = fpc * last["params"] / (last["ms"] / 1e3) / 1e9
+            compute = f"{gflops:.1f} ({gflops / peak:.0%})"
+        else:
+            compute = "—"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {scaling} | {compute} |")
+    errors = [(s, l, r["error"]) for s in sizes for l, r in results["sizes"][s].items() if "error" in r]
+    if errors:
+        lines += ["", "Errors:"] + [f"- N={int(s):.0e} {l}: {e}" for s, l, e in errors]
+    compiled = [(s, l, r["warmup_s"]) for s in sizes for l, r in results["sizes"][s].items() if "compiled" in l and "warmup_s" in r]
+    if compiled:
+        lines += ["", "Compile time (first steps, excluded above): " + ", ".join(f"{l} N={int(s):.0e}: {w:.0f} s" for s, l, w in compiled)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1e4,1e5,1e6")
+    parser.add_argument("--only", default="", help="comma-separated architectures (default: all registered)")
+    parser.add_argument("--compile", default="mlp,velo", help="architectures also timed under torch.compile")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step_overhead.md"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    names = [n for n in (args.only.split(",") if args.only else optimizers.names()) if n != "torch.Adam"]
+    compiled = [n for n in args.compile.split(",") if n]
+    results = run(sizes, names, compiled, args.warmup, args.repeats, lambda msg: print(msg, flush=True))
+    import sys
+
+    command = "python benchmarks/step_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = markdown(results, command.strip())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

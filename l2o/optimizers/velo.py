@@ -1,0 +1,246 @@
+"""VeLO-style hierarchical learned optimizer: a per-tensor LSTM that writes per-parameter MLPs.
+
+Metz et al. 2022, "VeLO: Training Versatile Learned Optimizers by Scaling Up" (ALGORITHMS.md §3),
+at CPU size (LSTM 32 units and 8 basis MLPs by default; the released model has 512 and 256).
+
+Each step, for every parameter tensor:
+1. Tensor-level features x (our choice of the paper's list): 9 training-fraction features
+   tanh(10·(t/T - τ)); bias-corrected loss EMAs (decays `loss_decays`) normalized against the
+   running min/max of the loss to [-1, 1]; 0.1·log of mean|g|, mean|m_β| and mean sqrt(rms)
+   relative to RMS(p), and of RMS(p) itself; a one-hot of the tensor rank (0, 1, 2, 3, ≥4).
+2. z = ReLU(x·W_in + b_in); cross-tensor mixing z ← z + max_tensors ReLU(z·W_mix + b_mix).
+3. One LSTM step per tensor (hidden state kept per tensor) → controls c (`num_basis`) and a step
+   multiplier α = exp(h·w_α + b_α).
+4. The tensor's per-parameter MLP (2 × 4 ReLU units) has weights W = 100·mean_i(c_i·W_i), a mixture
+   of a learned bank of MLP weights (a hypernetwork). Its inputs are the `features.py` features
+   plus clip(g, ±0.1) (RMS-normalized over the tensor) and the time features; outputs d and μ.
+5. p ← p - d·exp(exp_mult·μ)·step_mult·RMS(p)·α,  RMS(p) = sqrt(mean(p²) + 1e-9),
+   with gradients clipped to ±1000 first (VeLO's choices).
+
+It reads the loss (`needs_loss`) and the planned number of steps T (context["horizon"]: the trainer
+and `LearnedOptimizer(num_steps=...)` provide it).
+
+Init (`init`): "random" draws every weight; "deterministic" (ALGORITHMS.md §6) zeroes the output
+layer of every basis MLP, so d = μ = 0, and adds Adam (lr = exp(log_lr), β = 0.9/0.999):
+p ← p - exp(exp_mult·μ)·(step_mult·RMS(p)·α·d + lr·m̂/(sqrt(v̂)+eps)) — the untrained optimizer is Adam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, linear_init, lstm_cell
+from l2o.optimizers.features import (
+    ACCUMULATORS,
+    ADAFACTOR_DECAYS,
+    FACTORED_MOMENTUM_DECAY,
+    FRACTION_TAUS,
+    MOMENTUM_DECAYS,
+    RMS_DECAY,
+    TIME_SCALES,
+    FeatureSet,
+    accumulators_of,
+    adam_direction,
+    ema,
+    fraction_features,
+    safe_sqrt,
+    time_features,
+)
+from l2o.optimizers.mlp import apply_param_mlp, check_init, init_mlp, mlp_sizes
+
+MAX_RANK = 4  # ranks ≥ 4 share the last one-hot slot
+_LOG_FLOOR = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class VeLOOptimizer(FunctionalOptimizer):
+    name = "velo"
+    needs_loss = True
+    lstm_hidden: int = 32
+    tensor_embed: int = 32  # width of the tensor-feature embedding (and of the mixing layer)
+    num_basis: int = 8  # basis MLPs in the bank (VeLO: 256)
+    hidden: int = 4
+    layers: int = 2
+    step_mult: float = 0.001
+    exp_mult: float = 0.001
+    loss_decays: Tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+    momentum_decays: Tuple[float, ...] = MOMENTUM_DECAYS
+    rms_decay: float = RMS_DECAY
+    adafactor_decays: Tuple[float, ...] = ADAFACTOR_DECAYS
+    factored_momentum_decay: float = FACTORED_MOMENTUM_DECAY
+    learn_decays: bool = False
+    grad_clip: float = 1000.0
+    init: str = "random"
+    base_lr: float = 1e-3  # deterministic init: the Adam learning rate the optimizer starts as
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        check_init("velo", self.init)
+        sizes = dict(lstm_hidden=self.lstm_hidden, tensor_embed=self.tensor_embed, num_basis=self.num_basis)
+        sizes.update(hidden=self.hidden, layers=self.layers)
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:
+            raise ValueError(f"velo: sizes must be ≥ 1, got {bad}")
+        if self.base_lr <= 0:
+            raise ValueError(f"velo: base_lr must be > 0, got {self.base_lr}")
+        for field in ("loss_decays", "momentum_decays", "adafactor_decays"):
+            object.__setattr__(self, field, tuple(getattr(self, field)))
+        if not self.loss_decays or any(not 0 <= b < 1 for b in self.loss_decays):
+            raise ValueError(f"velo: loss_decays must be non-empty, each in [0, 1), got {self.loss_decays}")
+        self.features  # validates the feature decays now, not at the first step
+
+    @property
+    def features(self) -> FeatureSet:
+        return FeatureSet(
+            self.momentum_decays,
+            self.rms_decay,
+            self.adafactor_decays,
+            self.factored_momentum_decay,
+            self.learn_decays,
+            self.grad_clip,
+        )
+
+    @property
+    def n_param_inputs(self) -> int:
+        """Per-parameter MLP inputs: the shared features, clip(g, ±0.1), the time features."""
+        return self.features.size + 1 + len(TIME_SCALES)
+
+    @property
+    def n_tensor_inputs(self) -> int:
+        return len(FRACTION_TAUS) + len(self.loss_decays) + len(self.momentum_decays) + 3 + MAX_RANK + 1
+
+    # -- meta-parameters ------------------------------------------------------------------------
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        E, H, K = self.tensor_embed, self.lstm_hidden, self.num_basis
+        meta: MetaParams = {}
+        meta["tensor.in.w"], meta["tensor.in.b"] = linear_init(generator, self.n_tensor_inputs, E)
+        meta["tensor.mix.w"], meta["tensor.mix.b"] = linear_init(generator, E, E)
+        meta["lstm.w_x"], meta["lstm.b"] = linear_init(generator, E, 4 * H)
+        meta["lstm.w_h"], _ = linear_init(generator, H, 4 * H)
+        meta["head.controls.w"], meta["head.controls.b"] = linear_init(generator, H, K)
+        meta["head.alpha.w"], meta["head.alpha.b"] = linear_init(generator, H, 1)
+        # The bank: K MLPs whose mixture 100·mean_i(c_i·W_i) has about a Linear layer's init scale.
+        sizes = mlp_sizes(self.n_param_inputs, self.hidden, self.layers)
+        bank = [init_mlp(generator, sizes, zero_last=self.init == "deterministic") for _ in range(K)]
+        scale = math.sqrt(K) / 100
+        for i in range(len(sizes)):
+            meta[f"bank.w{i}"] = torch.stack([member[i][0] for member in bank]) * scale
+            meta[f"bank.b{i}"] = torch.stack([member[i][1] for member in bank]) * scale
+        meta.update(self.features.init_meta())
+        if self.init == "deterministic":
+            meta["log_lr"] = torch.tensor(math.log(self.base_lr))
+        return meta
+
+    # -- state ----------------------------------------------------------------------------------
+    def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
+        if not context or "horizon" not in context:
+            raise ValueError(
+                "velo conditions on the planned number of steps: pass num_steps=... to LearnedOptimizer "
+                "(or context={'horizon': T} to init_state)"
+            )
+        ref = next(iter(params.values()))
+        scalar = lambda: torch.zeros((), dtype=ref.dtype, device=ref.device)
+        rows = {k: torch.zeros(self.lstm_hidden, dtype=v.dtype, device=v.device) for k, v in params.items()}
+        return {
+            "t": scalar(),
+            "horizon": torch.as_tensor(context["horizon"]).to(ref).clamp_min(1.0),
+            "loss_ema": torch.zeros(len(self.loss_decays), dtype=ref.dtype, device=ref.device),
+            "loss_min": scalar(),
+            "loss_max": scalar(),
+            "lstm_h": dict(rows),
+            "lstm_c": dict(rows),
+            **self.features.init_state(params),
+        }
+
+    # -- step -----------------------------------------------------------------------------------
+    def _loss_features(self, loss: Tensor, state: State, t: Tensor):
+        """Bias-corrected loss EMAs scaled by the running min/max to [-1, 1] (+ the state they update)."""
+        # A non-finite loss must not poison the running statistics: reuse the largest loss seen.
+        loss = torch.where(torch.isfinite(loss), loss, state["loss_max"])
+        first = t == 1
+        lo = torch.where(first, loss, torch.minimum(state["loss_min"], loss))
+        hi = torch.where(first, loss, torch.maximum(state["loss_max"], loss))
+        beta = torch.tensor(self.loss_decays, dtype=loss.dtype, device=loss.device)
+        loss_ema = ema(state["loss_ema"], loss, beta)
+        corrected = loss_ema / (1 - beta**t)
+        feats = (2 * (corrected - lo) / (hi - lo).clamp_min(_LOG_FLOOR) - 1).clamp(-1, 1)
+        return feats, {"loss_ema": loss_ema, "loss_min": lo, "loss_max": hi}
+
+    def _tensor_stats(self, p: Tensor, g: Tensor, acc) -> Tuple[Tensor, Tensor]:
+        """(RMS(p), 0.1·log of scale statistics relative to RMS(p))."""
+        rms_p = torch.sqrt(p.square().mean() + 1e-9)
+        m = acc["m"].reshape(acc["m"].shape[0], -1)
+        stats = torch.cat(
+            [g.abs().mean().reshape(1), m.abs().mean(dim=1), safe_sqrt(acc["rms"]).mean().reshape(1)]
+        )
+        logs = torch.cat([torch.log(stats / rms_p + _LOG_FLOOR), torch.log(rms_p).reshape(1)])
+        return rms_p, 0.1 * logs
+
+    def step(self, meta, params, grads, state, loss=None):
+        if loss is None:
+            raise ValueError("velo reads the loss: pass it to step (LearnedOptimizer: step(closure) or step(loss=...))")
+        fs = self.features
+        ref = next(iter(params.values()))
+        decays = fs.decays(meta, ref)
+        t = state["t"] + 1
+        loss = torch.as_tensor(loss).to(ref).reshape(())
+        loss_feats, loss_state = self._loss_features(loss, state, t)
+        global_feats = torch.cat([fraction_features(t, state["horizon"]), loss_feats])
+
+        names = list(params)
+        accs, feats, rms_ps, rows = {}, {}, {}, []
+        for name in names:
+            p, g = params[name], fs.clip(grads[name])
+            accs[name], feats[name] = fs.update(p, g, accumulators_of(state, name), decays)
+            feats[name].append(g.clamp(-0.1, 0.1))
+            rms_ps[name], stats = self._tensor_stats(p, g, accs[name])
+            one_hot = [float(min(p.dim(), MAX_RANK) == r) for r in range(MAX_RANK + 1)]
+            rank = torch.tensor(one_hot, dtype=ref.dtype, device=ref.device)
+            rows.append(torch.cat([global_feats, stats, rank]))
+
+        # Tensor level: embed, mix across tensors (max), one LSTM step per tensor.
+        z = torch.relu(torch.stack(rows) @ meta["tensor.in.w"] + meta["tensor.in.b"])
+        mixed = torch.relu(z @ meta["tensor.mix.w"] + meta["tensor.mix.b"]).max(dim=0, keepdim=True).values
+        h, c = lstm_cell(
+            z + mixed,
+            torch.stack([state["lstm_h"][n] for n in names]),
+            torch.stack([state["lstm_c"][n] for n in names]),
+            meta["lstm.w_x"],
+            meta["lstm.w_h"],
+            meta["lstm.b"],
+        )
+        controls = h @ meta["head.controls.w"] + meta["head.controls.b"]  # (T, K)
+        alpha = torch.exp(h @ meta["head.alpha.w"] + meta["head.alpha.b"]).squeeze(-1)  # (T,)
+
+        # Hypernetwork: each tensor's MLP weights are 100·mean_i(c_i·W_i).
+        mix = 100.0 * controls / self.num_basis
+        n_layers = self.layers + 1
+        weights = [torch.einsum("tk,kio->tio", mix, meta[f"bank.w{i}"]) for i in range(n_layers)]
+        biases = [mix @ meta[f"bank.b{i}"] for i in range(n_layers)]
+        n_feat = fs.size + 1
+        tf = time_features(t)
+
+        deterministic = self.init == "deterministic"
+        lr = meta["log_lr"].exp() if deterministic else None
+        new_params: Params = {}
+        new_state: State = {"t": t, "horizon": state["horizon"], **loss_state}
+        new_state.update({"lstm_h": {}, "lstm_c": {}, **{k: {} for k in ACCUMULATORS}})
+        for i, name in enumerate(names):
+            p = params[name]
+            w0 = weights[0][i]
+            layers = [(w0[:n_feat], biases[0][i] + tf @ w0[n_feat:])]
+            layers += [(weights[j][i], biases[j][i]) for j in range(1, n_layers)]
+            d, mu = apply_param_mlp(feats[name], layers, p.shape)
+            update = self.step_mult * rms_ps[name] * alpha[i] * d
+            if deterministic:
+                update = update + lr * adam_direction(accs[name]["m"][0], accs[name]["rms"], decays, t, self.eps)
+            new_params[name] = p - torch.exp(self.exp_mult * mu) * update
+            new_state["lstm_h"][name], new_state["lstm_c"][name] = h[i], c[i]
+            for k in ACCUMULATORS:
+                new_state[k][name] = accs[name][k]
+        return new_params, new_state

@@ -1,0 +1,148 @@
+"""Transformer-BFGS: the SPD preconditioner update, the step -exp(a)·B·d, B staying SPD over 1000
+steps, deterministic init = Adam, and the architecture acceptance checks."""
+
+import pytest
+import torch
+
+import arch_checks
+from l2o import optimizers
+from l2o.optimizers.transformer_bfgs import block_mask, spd_update, to_blocks
+
+
+def _lopt(**hyper):
+    return optimizers.build("transformer_bfgs", block_size=4, embed=8, heads=2, **hyper)
+
+
+def _check_spd(B, lam, tol=1e-4):
+    b = B.shape[-1]
+    assert torch.allclose(B, B.transpose(-1, -2), atol=1e-6)
+    eig = torch.linalg.eigvalsh(B.double())
+    assert eig.min() >= lam * (1 - tol), eig.min()
+    assert eig.max() <= (1 - lam) * b + lam + tol, eig.max()
+
+
+def test_blocks_pad_and_mask():
+    x = torch.arange(10.0)
+    assert torch.equal(to_blocks(x, 4), torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 0.0]]))
+    assert torch.equal(block_mask(10, 4, x), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0.0]]))
+
+
+def test_spd_update_keeps_b_spd_even_against_negative_curvature(gen):
+    B = torch.eye(5).expand(64, 5, 5)
+    for _ in range(50):
+        u, w = torch.randn(64, 5, generator=gen), torch.randn(64, 5, generator=gen)  # wᵀu < 0 half the time
+        B = spd_update(B, u, w, torch.rand(64, generator=gen), floor=0.1, mix=0.01)
+        _check_spd(B, 0.01)
+    assert (B - torch.eye(5)).abs().max() > 0.1  # it did move away from I
+
+
+def test_spd_update_satisfies_the_secant_condition_up_to_normalization(gen):
+    # With ρ = 1/(wᵀu) (gate 1, positive curvature), BFGS gives B'w = u; normalization and the mix
+    # with λI then make B_new·w = c·u + λ·w for some c > 0.
+    u = torch.tensor([1.0, 0.5, -0.2])
+    w = torch.tensor([0.8, 0.9, 0.1])
+    B0 = torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, 0.1], [0.0, 0.1, 0.5]])
+    B = spd_update(B0, u, w, torch.tensor(1.0), floor=0.1, mix=0.05)
+    residual = B @ w - 0.05 * w
+    c = residual @ u / (u @ u)
+    assert c > 0 and torch.allclose(residual, c * u, atol=1e-6)
+    # and without the mix, trace normalization alone: B·w ∝ u with trace b.
+    B = spd_update(B0, u, w, torch.tensor(1.0), floor=0.1, mix=1e-12)
+    assert torch.allclose(B.trace(), torch.tensor(3.0)) and torch.allclose(torch.linalg.cross(B @ w, u), torch.zeros(3), atol=1e-6)
+
+
+def test_zero_gate_leaves_b_at_identity():
+    B = spd_update(torch.eye(4).expand(3, 4, 4), torch.ones(3, 4), -torch.ones(3, 4), torch.zeros(3), 0.1, 0.01)
+    assert torch.allclose(B, torch.eye(4).expand(3, 4, 4))
+
+
+def test_step_is_minus_exp_a_times_b_times_d(gen):
+    # Zero final LayerNorm gain: the heads see x = 0 and output their biases (d, u and w corrections)
+    # and (a, gate logit). At step 1 the last step s is 0 and the gradient change is g, scaled by
+    # Adam's 1/(sqrt(v̂)+ε) = 1/(|g|+ε) and then to unit RMS: u = 0 + 1.0, w = ŷ + 0.4.
+    lopt = _lopt()
+    meta = lopt.init_meta(gen)
+    meta["final_ln.w"] = torch.zeros_like(meta["final_ln.w"])
+    meta["head.coord.b"] = torch.tensor([0.7, 1.0, 0.4])
+    meta["head.block.b"] = torch.tensor([0.3, 2.0])
+    params = {"x": torch.randn(11, generator=gen)}  # 3 blocks of 4, the last one padded
+    state = lopt.init_state(meta, params)
+    g = torch.randn(11, generator=gen)
+    new, state = lopt.step(meta, params, {"x": g}, state, None)
+    mask = block_mask(11, 4, params["x"])
+    y = g / (g.abs() + 1e-8)
+    w = to_blocks(y / y.square().mean().sqrt(), 4) + 0.4 * mask
+    B = spd_update(torch.eye(4).expand(3, 4, 4), 1.0 * mask, w, torch.sigmoid(torch.tensor(2.0)).expand(3), 0.1, 0.01)
+    expected = -torch.exp(meta["log_lr"] + 0.3) * (B @ (0.7 * mask)[..., None]).squeeze(-1)
+    assert torch.allclose(new["x"] - params["x"], expected.reshape(-1)[:11], atol=1e-6)
+    assert torch.allclose(state["B"]["x"], B, atol=1e-6)
+    assert torch.allclose(state["s"]["x"], new["x"] - params["x"], atol=1e-6)
+
+
+def test_b_stays_symmetric_positive_definite_over_1000_steps(gen):
+    # Random init (gate open from step 1) on an ill-conditioned quadratic; 10 coordinates make
+    # 3 blocks of 4, the last one padded.
+    lopt = _lopt(identity_mix=0.02)
+    meta = lopt.init_meta(gen)
+    q, _ = torch.linalg.qr(torch.randn(10, 10, generator=gen))
+    hessian = q @ torch.diag(torch.logspace(-2, 1, 10)) @ q.T
+    params = {"w": torch.randn(2, 5, generator=gen)}
+    state = lopt.init_state(meta, params)
+    with torch.no_grad():
+        for _ in range(1000):
+            grads = {"w": (hessian @ params["w"].reshape(-1)).reshape(2, 5)}
+            params, state = lopt.step(meta, params, grads, state, None)
+    assert torch.isfinite(params["w"]).all()
+    _check_spd(state["B"]["w"], 0.02)
+    assert (state["B"]["w"] - torch.eye(4)).abs().max() > 0.1
+
+
+def test_deterministic_init_is_adam(gen):
+    arch_checks.check_deterministic_init_is_adam("transformer_bfgs", gen, block_size=4, embed=8)
+
+
+def test_vmapped_equals_looped(gen):
+    arch_checks.check_vmapped_equals_looped(_lopt(learn_decays=True), gen)
+
+
+def test_meta_gradient_reaches_every_weight(gen):
+    arch_checks.check_meta_gradient_reaches_every_weight(_lopt(learn_decays=True), gen)
+
+
+@pytest.mark.parametrize("gate", [0.0, -0.5])
+def test_closed_gate_keeps_b_at_identity_but_gets_meta_gradient(gen, gate):
+    # Deterministic init (gate 0), and a gate pushed below 0: the straight-through clamp still gives
+    # it the gradient of opening, so it can come back.
+    lopt = _lopt(init="deterministic")
+    meta = lopt.init_meta(gen)
+    meta["gate"] = torch.tensor(gate)
+    meta = {k: v.requires_grad_() for k, v in meta.items()}
+    params, state = arch_checks.run(lopt, meta, arch_checks.params_of_every_rank(gen), 3)
+    assert all(torch.equal(B, torch.eye(4).expand_as(B)) for B in state["B"].values())
+    grads = dict(zip(meta, torch.autograd.grad(arch_checks.loss_of(params), list(meta.values()))))
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    for k in ("gate", "log_lr", "head.coord.w", "head.block.b"):
+        assert grads[k].abs().sum() > 0, k
+
+
+@pytest.mark.parametrize("init", ["random", "deterministic"])
+def test_finite_on_every_rank_and_extreme_gradients(gen, init):
+    arch_checks.check_finite_on_every_rank_and_extreme_gradients(_lopt(init=init), gen)
+
+
+def test_checkpoint_round_trip(gen, tmp_path):
+    arch_checks.check_checkpoint_round_trip(_lopt(layers=1, identity_mix=0.05), gen, tmp_path)
+
+
+def test_learned_optimizer_on_a_conv_linear_embedding_norm_model(gen):
+    losses = arch_checks.check_learned_optimizer_on_mixed_module(_lopt(init="deterministic", base_lr=0.01), gen)
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_bad_hyperparameters_raise_clear_errors():
+    with pytest.raises(ValueError, match="init must be one of"):
+        optimizers.build("transformer_bfgs", init="zeros")
+    with pytest.raises(ValueError, match="multiple of heads"):
+        optimizers.build("transformer_bfgs", embed=10, heads=3)
+    with pytest.raises(ValueError, match="identity_mix"):
+        optimizers.build("transformer_bfgs", identity_mix=0.0)
