@@ -41,7 +41,7 @@ def test_two_processes_equal_one_process_over_the_same_groups(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-4000:]
     summaries = [json.loads(text) for text in re.findall(r"\{.*?\}", run.stdout, re.S)]
-    assert len(summaries) == 2 and {s["outer_steps"] for s in summaries} == {3}
+    assert len(summaries) == 1 and summaries[0]["outer_steps"] == 3  # rank 0 alone prints the summary
 
     single = MetaTrainer(load_config(None, OVERRIDES), tmp_path / "one", progress=False, collective=LOCAL)
     assert [g.group_id for g in single.groups] == [0, 1]  # the union of rank 0's [0] and rank 1's [1]
