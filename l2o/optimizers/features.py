@@ -260,6 +260,18 @@ class FeatureSet:
         return new_acc, feats
 
 
+def feature_set_of(opt) -> "FeatureSet":
+    """The FeatureSet an architecture's feature hyperparameters describe (the same six fields in each)."""
+    return FeatureSet(
+        opt.momentum_decays,
+        opt.rms_decay,
+        opt.adafactor_decays,
+        opt.factored_momentum_decay,
+        opt.learn_decays,
+        opt.grad_clip,
+    )
+
+
 def accumulators_of(state: State, name: str) -> Dict[str, Tensor]:
     """One tensor's FeatureSet accumulators out of a State."""
     return {k: state[k][name] for k in ACCUMULATORS}

@@ -46,6 +46,7 @@ from l2o.optimizers.features import (
     rms_scales,
     stack_full,
     time_features,
+    feature_set_of,
 )
 
 INITS = ("random", "deterministic")
@@ -147,14 +148,7 @@ class MLPOptimizer(FunctionalOptimizer):
 
     @property
     def features(self) -> FeatureSet:
-        return FeatureSet(
-            self.momentum_decays,
-            self.rms_decay,
-            self.adafactor_decays,
-            self.factored_momentum_decay,
-            self.learn_decays,
-            self.grad_clip,
-        )
+        return feature_set_of(self)
 
     @property
     def n_inputs(self) -> int:

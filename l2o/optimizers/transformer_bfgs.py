@@ -77,6 +77,7 @@ from l2o.optimizers.features import (
     safe_sqrt,
     stack_full,
     time_features,
+    feature_set_of,
 )
 from l2o.optimizers.mlp import check_init
 
@@ -180,14 +181,7 @@ class TransformerBFGS(FunctionalOptimizer):
 
     @property
     def features(self) -> FeatureSet:
-        return FeatureSet(
-            self.momentum_decays,
-            self.rms_decay,
-            self.adafactor_decays,
-            self.factored_momentum_decay,
-            self.learn_decays,
-            self.grad_clip,
-        )
+        return feature_set_of(self)
 
     @property
     def n_inputs(self) -> int:

@@ -50,6 +50,7 @@ from l2o.optimizers.features import (
     fraction_features,
     safe_sqrt,
     time_features,
+    feature_set_of,
 )
 from l2o.optimizers.mlp import apply_param_mlp, check_init, init_mlp, mlp_sizes
 
@@ -96,14 +97,7 @@ class VeLOOptimizer(FunctionalOptimizer):
 
     @property
     def features(self) -> FeatureSet:
-        return FeatureSet(
-            self.momentum_decays,
-            self.rms_decay,
-            self.adafactor_decays,
-            self.factored_momentum_decay,
-            self.learn_decays,
-            self.grad_clip,
-        )
+        return feature_set_of(self)
 
     @property
     def n_param_inputs(self) -> int:
