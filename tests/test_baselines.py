@@ -78,3 +78,15 @@ def test_learned_lr_gets_a_gradient():
     g_lr, g_mom = torch.autograd.grad(loss, [meta["log_lr"], meta["log_1m_momentum"]])
     assert g_lr.item() < 0  # a larger lr shrinks x further on this quadratic
     assert g_mom.item() != 0
+
+
+def test_adam_meta_gradient_is_finite_with_zero_gradient_coordinates():
+    lopt = optimizers.build("adam", lr=0.1)
+    meta = {k: v.requires_grad_() for k, v in lopt.init_meta().items()}
+    params = {"x": torch.tensor([1.0, -2.0, 3.0])}
+    state = lopt.init_state(meta, params)
+    dead = torch.tensor([1.0, 1.0, 0.0])
+    for _ in range(3):
+        params, state = lopt.step(meta, params, {"x": 2 * params["x"] * dead}, state, None)
+    grads = torch.autograd.grad((params["x"] ** 2).sum(), list(meta.values()))
+    assert all(torch.isfinite(g).all() for g in grads)

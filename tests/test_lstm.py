@@ -95,3 +95,17 @@ def test_bad_hyperparameters_raise_clear_errors():
         optimizers.build("lstm", preprocess="bogus")
     with pytest.raises(ValueError, match="init must be one of"):
         optimizers.build("lstm", init="zeros")
+
+
+@pytest.mark.parametrize("hyper", [dict(init="deterministic"), dict(preprocess="rnnprop")])
+def test_meta_gradient_is_finite_when_some_coordinates_never_get_a_gradient(gen, hyper):
+    # sqrt'(0) = inf times a zero upstream gradient used to give NaN meta-gradients (dead pixels of digits).
+    lopt = optimizers.build("lstm", hidden=4, **hyper)
+    meta = {k: v.requires_grad_() for k, v in lopt.init_meta(gen).items()}
+    params = {"x": torch.randn(4, generator=gen)}
+    state = lopt.init_state(meta, params)
+    dead = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    for _ in range(3):
+        params, state = lopt.step(meta, params, {"x": 2 * params["x"] * dead}, state, None)
+    grads = torch.autograd.grad((params["x"] ** 2).sum(), list(meta.values()), allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in grads)

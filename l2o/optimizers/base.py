@@ -151,6 +151,13 @@ def bias_corrected(ema: Tensor, beta: float, t: Tensor) -> Tensor:
     return ema / (1 - beta**t)
 
 
+def safe_sqrt(x: Tensor) -> Tensor:
+    """sqrt(x) for x ≥ 0 whose derivative at 0 is 0 instead of inf (inf·0 would give NaN meta-gradients
+    for coordinates whose gradient is identically zero)."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
+
+
 def scalar_like(value: float, ref: Tensor) -> Tensor:
     return torch.full((), float(value), dtype=ref.dtype, device=ref.device)
 

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, tree_map, zeros_like_tree
+from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, safe_sqrt, tree_map, zeros_like_tree
 
 
 def _meta_scalars(**values: float) -> MetaParams:
@@ -124,6 +124,6 @@ class Adam(FunctionalOptimizer):
         bc2_sqrt = (1 - b2.double() ** t).sqrt().to(lr.dtype)
         step_size = lr / bc1
         new_params = tree_map(
-            lambda p, m, v: p - step_size * m / (v.sqrt() / bc2_sqrt + self.eps), params, m, v
+            lambda p, m, v: p - step_size * m / (safe_sqrt(v) / bc2_sqrt + self.eps), params, m, v
         )
         return new_params, {"m": m, "v": v, "t": state["t"] + 1}

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from l2o.optimizers.base import MetaParams, Params, State
+from l2o.optimizers.base import MetaParams, Params, State, safe_sqrt  # noqa: F401 (re-exported)
 
 MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
 RMS_DECAY = 0.999
@@ -85,13 +85,6 @@ def from_matrix(x: Tensor, shape: Sequence[int]) -> Tensor:
 def _column(beta: Tensor, like: Tensor) -> Tensor:
     """A (K,) vector of decays shaped (K, 1, ..., 1) to broadcast over K stacked copies of `like`."""
     return beta.reshape(-1, *([1] * like.dim()))
-
-
-def safe_sqrt(x: Tensor) -> Tensor:
-    """sqrt(x) for x ≥ 0 whose derivative at 0 is 0 instead of inf (inf·0 would give NaN meta-gradients
-    for coordinates whose gradient is identically zero)."""
-    positive = x > 0
-    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
 
 
 def ema(prev: Tensor, x: Tensor, beta) -> Tensor:

@@ -36,6 +36,7 @@ from l2o.optimizers.base import (
     flatten,
     linear_init,
     lstm_cell,
+    safe_sqrt,
     split_rows,
     tree_map,
     unflatten,
@@ -112,7 +113,7 @@ class LSTMOptimizer(FunctionalOptimizer):
         b1, b2 = self.rnnprop_beta1, self.rnnprop_beta2
         m = b1 * flatten(state["m"]) + (1 - b1) * g
         v = b2 * flatten(state["v"]) + (1 - b2) * g * g
-        s_hat = bias_corrected(v, b2, t).sqrt() + self.eps
+        s_hat = safe_sqrt(bias_corrected(v, b2, t)) + self.eps
         x = torch.stack([g / s_hat, bias_corrected(m, b1, t) / s_hat], dim=-1)
         return x, {"m": m, "v": v}
 
@@ -145,7 +146,7 @@ class LSTMOptimizer(FunctionalOptimizer):
         if self.init == "deterministic":
             adam_m = 0.9 * flatten(state["adam_m"]) + 0.1 * g
             adam_v = 0.999 * flatten(state["adam_v"]) + 0.001 * g * g
-            adam_dir = bias_corrected(adam_m, 0.9, t) / (bias_corrected(adam_v, 0.999, t).sqrt() + self.eps)
+            adam_dir = bias_corrected(adam_m, 0.9, t) / (safe_sqrt(bias_corrected(adam_v, 0.999, t)) + self.eps)
             update = update - meta["log_lr"].exp() * adam_dir
             new_state["adam_m"], new_state["adam_v"] = unflatten(adam_m, params), unflatten(adam_v, params)
         new_params = tree_map(lambda p, u: p + u, params, unflatten(update, params))
