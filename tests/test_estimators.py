@@ -13,6 +13,7 @@ from l2o.meta_train.unroll import TaskGroup, make_unroll, meta_loss
 from l2o.optimizers.base import FunctionalOptimizer
 from l2o.task_distributions import QuadraticFamily
 from l2o.task_distributions.base import Task, TaskFamily, task_seed
+from nan_tasks import ExplodingFamily
 
 K, T = 4, 12  # three truncations per task
 
@@ -137,31 +138,11 @@ def test_truncated_es_restarts_both_members_of_a_pair_from_one_state():
     assert group.estimator_state == {}  # nothing carried across truncations
 
 
-def _nan_loss(params, batch):
-    explode = (batch["bomb"] > 0) & (batch["step"] >= 2)
-    return (params["x"] ** 2).sum() + torch.where(explode, torch.nan, 0.0)
-
-
-class _NaNFamily(TaskFamily):
-    """Quadratic tasks of which task index 0 produces NaN losses (and gradients) from step 2 on."""
-
-    name = "nan_quadratic"
-
-    def sample(self, split, index, structure=None):
-        bomb = torch.tensor(float(index == 0))
-
-        def batch(step):
-            return {"bomb": bomb, "step": torch.tensor(float(step))}
-
-        return Task(self.name, task_seed(self.name, split, index), lambda g: {"x": torch.randn(3, generator=g)},
-                    _nan_loss, batch)
-
-
 @pytest.mark.parametrize("name", ["pes", "tes"])
 def test_es_masks_and_resets_a_nonfinite_pair(name):
     lopt = optimizers.build("lstm", hidden=4)
     meta = {k: v.requires_grad_() for k, v in lopt.init_meta(torch.Generator().manual_seed(0)).items()}
-    group = TaskGroup(_NaNFamily(), lopt, size=3, horizon=20, k=5, seed=0, antithetic=True)
+    group = TaskGroup(ExplodingFamily(torch.nan), lopt, size=3, horizon=20, k=5, seed=0, antithetic=True)
     group._next_index = iter(range(100)).__next__  # slot 0 gets the exploding task index 0
     group.start(meta)
     grads, stats = build_estimator(name, "mean_log", sigma=0.01).meta_gradient(meta, [group])

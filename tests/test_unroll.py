@@ -9,7 +9,7 @@ from l2o import optimizers
 from l2o.meta_train.estimators import TruncatedBackprop
 from l2o.meta_train.unroll import TaskGroup, batched_unroll, make_unroll, meta_loss
 from l2o.task_distributions import QuadraticFamily
-from l2o.task_distributions.base import Task, TaskFamily, task_seed
+from nan_tasks import ExplodingFamily
 
 K = 5
 
@@ -144,30 +144,10 @@ def test_task_group_staggers_resets_and_replaces_tasks():
     assert group.lifetime == [20, 20, 20, 20]
 
 
-def _nan_loss(params, batch):
-    explode = (batch["bomb"] > 0) & (batch["step"] >= 2)
-    return (params["x"] ** 2).sum() + torch.where(explode, torch.inf, 0.0)
-
-
-class _NaNFamily(TaskFamily):
-    """Quadratic tasks of which task index 0 explodes (its loss is non-finite from step 2 on)."""
-
-    name = "nan_quadratic"
-
-    def sample(self, split, index, structure=None):
-        bomb = torch.tensor(float(index == 0))
-
-        def batch(step):
-            return {"bomb": bomb, "step": torch.tensor(float(step))}
-
-        init = lambda g: {"x": torch.randn(3, generator=g)}
-        return Task(self.name, task_seed(self.name, split, index), init, _nan_loss, batch)
-
-
 def test_nonfinite_tasks_are_reset_and_never_reach_meta_params():
     lopt = optimizers.build("lstm", hidden=4)
     meta = {k: v.requires_grad_() for k, v in lopt.init_meta(torch.Generator().manual_seed(0)).items()}
-    group = TaskGroup(_NaNFamily(), lopt, size=3, horizon=20, k=5, seed=0)
+    group = TaskGroup(ExplodingFamily(torch.inf), lopt, size=3, horizon=20, k=5, seed=0)
     group._next_index = iter(range(100)).__next__  # slot 0 gets the exploding task index 0
     group.start(meta)
     grads, stats = TruncatedBackprop("mean_log").meta_gradient(meta, [group])
