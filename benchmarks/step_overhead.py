@@ -3,8 +3,9 @@
 For each size N (≈1e4, 1e5, 1e6 parameters: one d×d weight and a d bias, d = sqrt(N)) and every
 architecture in `l2o.optimizers.names()` (default hyperparameters; `lodo` through `l2o.LODO`), time
 `opt.step()` with fixed gradients (no backward pass) against `torch.optim.Adam(foreach=True)` on
-the same parameters. Architectures in --compile are also timed with their functional step under
-`torch.compile` (`l2o.optimizers.base.compile_step`); compile time is excluded and reported.
+the same parameters. `mlp` and `velo` run through their fused CPU kernel (the adapter's default,
+`l2o.optimizers.fused`); --functional also times them without it, --compile with their functional
+step under `torch.compile` (`l2o.optimizers.base.compile_step`; compile time excluded, reported).
 
 The memory-bound architectures (mlp, velo) are judged against Adam (target: ≤ 3× at 1e6 on CPU).
 The compute-bound ones (lstm, transformer_bfgs) are judged against measured matmul throughput:
@@ -49,15 +50,18 @@ def make_params(n: int) -> List[torch.nn.Parameter]:
     return params
 
 
-def make_optimizer(name: str, params, compiled: bool) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, mode: str) -> torch.optim.Optimizer:
+    """mode: "" (the adapter's default: the fused kernel where one exists), "functional" (fused=False)
+    or "compiled" (the functional step under torch.compile)."""
     if name == "torch.Adam":
         return torch.optim.Adam(params, lr=1e-3, foreach=True)
     if name == "lodo":
         return l2o.LODO(params)
     lopt = optimizers.build(name)
-    if compiled:
+    if mode == "compiled":
         lopt = compile_step(lopt, dynamic=False)
-    return l2o.LearnedOptimizer(params, optimizer=lopt, num_steps=HORIZON, context=CONTEXT.get(name))
+    fused = False if mode else None
+    return l2o.LearnedOptimizer(params, optimizer=lopt, num_steps=HORIZON, context=CONTEXT.get(name), fused=fused)
 
 
 def time_steps(opt: torch.optim.Optimizer, warmup: int, repeats: int) -> Dict[str, float]:
@@ -103,19 +107,22 @@ def flops_per_coordinate(name: str) -> Optional[float]:
     return None
 
 
-def run(sizes: List[int], names: List[str], compiled: List[str], warmup: int, repeats: int, log: Callable) -> Dict:
+def run(
+    sizes: List[int], names: List[str], functional: List[str], compiled: List[str], warmup: int, repeats: int, log: Callable
+) -> Dict:
     results: Dict = {"sizes": {}, "matmul_gflops": matmul_gflops()}
     log(f"matmul (1024², fp32): {results['matmul_gflops']:.1f} GFLOP/s")
     for n in sizes:
         rows = {}
-        variants = [("torch.Adam", False)] + [(nm, False) for nm in names] + [(nm, True) for nm in compiled]
-        for name, comp in variants:
-            label = f"{name} (compiled)" if comp else name
+        variants = [("torch.Adam", "")] + [(nm, "") for nm in names]
+        variants += [(nm, "functional") for nm in functional] + [(nm, "compiled") for nm in compiled]
+        for name, mode in variants:
+            label = f"{name} ({mode})" if mode else name
             params = make_params(n)
             reps = max(3, repeats if n <= 100_000 else repeats // 3)
             try:
-                opt = make_optimizer(name, params, comp)
-                rows[label] = time_steps(opt, warmup + (2 if comp else 0), reps)
+                opt = make_optimizer(name, params, mode)
+                rows[label] = time_steps(opt, warmup + (2 if mode == "compiled" else 0), reps)
             except Exception as err:  # an architecture that cannot run here is reported, not fatal
                 rows[label] = {"error": f"{type(err).__name__}: {err}"}
             rows[label]["params"] = sum(p.numel() for p in params)
@@ -170,7 +177,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e4,1e5,1e6")
     parser.add_argument("--only", default="", help="comma-separated architectures (default: all registered)")
-    parser.add_argument("--compile", default="mlp,velo", help="architectures also timed under torch.compile")
+    parser.add_argument("--functional", default="mlp,velo", help="architectures with a fused kernel also timed without it")
+    parser.add_argument("--compile", default="mlp,velo", help="architectures also timed under torch.compile (functional step)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
@@ -180,7 +188,8 @@ def main(argv=None):
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     names = [n for n in (args.only.split(",") if args.only else optimizers.names()) if n != "torch.Adam"]
     compiled = [n for n in args.compile.split(",") if n]
-    results = run(sizes, names, compiled, args.warmup, args.repeats, lambda msg: print(msg, flush=True))
+    functional = [n for n in args.functional.split(",") if n]
+    results = run(sizes, names, functional, compiled, args.warmup, args.repeats, lambda msg: print(msg, flush=True))
     import sys
 
     command = "python benchmarks/step_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)

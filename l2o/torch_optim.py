@@ -31,6 +31,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         num_steps: planned number of steps, for architectures that condition on training progress
             (passed to the optimizer as context["horizon"]).
         context: other per-problem constants an architecture reads (e.g. {"smoothness": L}).
+        fused: run architectures that have a fused CPU kernel (`mlp`, `velo`; `l2o.optimizers.fused`)
+            through it, updating parameters and state in place: None (default) when it applies
+            (float32 CPU tensors) and builds on this machine, else the functional step; True to
+            require it (errors instead of falling back); False for the functional step always.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         meta: Optional[Dict[str, Tensor]] = None,
         num_steps: Optional[int] = None,
         context: Optional[Dict[str, float]] = None,
+        fused: Optional[bool] = None,
     ):
         if lr < 0:
             raise ValueError(f"invalid lr multiplier: {lr}")
@@ -62,6 +67,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr})
         self.lopt = lopt
         self.meta = {k: v.detach() for k, v in meta.items()}
+        if fused and not hasattr(lopt, "fused_step"):
+            raise ValueError(f"{lopt.name} has no fused kernel (fused=True needs mlp or velo)")
+        self.fused = fused
 
     # -- helpers ------------------------------------------------------------------------------------
     def _named_active(self) -> Dict[str, tuple]:
@@ -114,7 +122,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
         meta = self._meta_for(ref)
         state = self._ensure_state(meta, params)
         loss_t = None if loss is None else torch.as_tensor(loss.detach() if torch.is_tensor(loss) else loss).to(ref)
-        new_params, new_part = self.lopt.step(meta, dict(params), grads, state_subset(state, params), loss_t)
+        part = state_subset(state, params)
+        if self._fused_applies(params, grads, part):
+            scale = {name: float(group["lr"]) for name, (_, group) in active.items()}
+            new_part = self.lopt.fused_step(meta, params, grads, part, loss_t, update_scale=scale)
+            for p in params.values():
+                torch.autograd.graph.increment_version(p)  # the kernel wrote p through its pointer
+            self.state[_STATE_KEY] = state_merge(state, new_part)
+            return loss
+        new_params, new_part = self.lopt.step(meta, dict(params), grads, part, loss_t)
         self.state[_STATE_KEY] = state_merge(state, new_part)
         for name, (p, group) in active.items():
             if group["lr"] == 1.0:
@@ -122,6 +138,21 @@ class LearnedOptimizer(torch.optim.Optimizer):
             else:
                 p.add_(new_params[name] - p, alpha=group["lr"])
         return loss
+
+    def _fused_applies(self, params: Dict[str, Tensor], grads: Dict[str, Tensor], state) -> bool:
+        """Whether this step runs through the fused kernel (see `fused` in the class doc)."""
+        if self.fused is False or not hasattr(self.lopt, "fused_step"):
+            return False
+        from l2o.optimizers import fused
+
+        tensors = [*params.values(), *grads.values()]
+        tensors += [t for v in state.values() if is_per_tensor(v) for t in v.values()]
+        if self.fused:  # required: say exactly why not
+            fused.kernels()
+            if not fused.applies_to(tensors):
+                raise fused.FusedUnavailable("fused=True needs contiguous float32 CPU parameters, gradients and state")
+            return True
+        return fused.applies_to(tensors) and fused.available()
 
 
 

@@ -231,16 +231,9 @@ class FeatureSet:
         rms = ema(acc["rms"], g * g, decays.rms)
         inv_rms = torch.rsqrt(rms + RSQRT_EPS)
 
-        g_mat = as_matrix(g)
-        d_row, d_col = factored_dims(g.shape)
-        g2 = g_mat * g_mat + ADAFACTOR_EPS
-        beta_a = _column(decays.adafactor, g_mat)
-        fac_row = ema(acc["fac_row"], g2.mean(dim=d_col, keepdim=True), beta_a)
-        fac_col = ema(acc["fac_col"], g2.mean(dim=d_row, keepdim=True), beta_a)
-        # Adafactor's reconstruction v̂ = row·col/mean(row); its rsqrt splits into the two factors.
-        row_factor = torch.rsqrt(fac_row / fac_row.mean(dim=d_row + 1, keepdim=True))
-        col_factor = torch.rsqrt(fac_col)
-        ada_g = g_mat * row_factor * col_factor  # (A, *matrix shape)
+        d_row = factored_dims(g.shape)[0]
+        fac_row, fac_col, row_factor, col_factor = adafactor_factors(*adafactor_means(g), acc, decays, d_row)
+        ada_g = as_matrix(g) * row_factor * col_factor  # (A, *matrix shape)
         fac_m = ema(acc["fac_m"], from_matrix(ada_g[-1], g.shape), decays.factored_momentum)
 
         shape = g.shape
@@ -251,6 +244,28 @@ class FeatureSet:
         feats.append(fac_m)
         new_acc = {"m": m, "rms": rms, "fac_row": fac_row, "fac_col": fac_col, "fac_m": fac_m}
         return new_acc, feats
+
+
+def adafactor_means(g: Tensor) -> Tuple[Tensor, Tensor]:
+    """Means of g² + ε₁ over the column and over the row dimension (keepdim, matrix view)."""
+    g_mat = as_matrix(g)
+    d_row, d_col = factored_dims(g.shape)
+    g2 = g_mat * g_mat + ADAFACTOR_EPS
+    return g2.mean(dim=d_col, keepdim=True), g2.mean(dim=d_row, keepdim=True)
+
+
+def adafactor_factors(row_mean: Tensor, col_mean: Tensor, acc: Dict[str, Tensor], decays: Decays, d_row: int):
+    """(fac_row, fac_col, row_factor, col_factor) from this step's `adafactor_means`.
+
+    The new row/column accumulators (A, *reduced matrix shape) and Adafactor's reconstruction
+    v̂ = row·col/mean(row), whose rsqrt splits into a row and a column factor.
+    """
+    beta_a = _column(decays.adafactor, row_mean)
+    fac_row = ema(acc["fac_row"], row_mean, beta_a)
+    fac_col = ema(acc["fac_col"], col_mean, beta_a)
+    row_factor = torch.rsqrt(fac_row / fac_row.mean(dim=d_row + 1, keepdim=True))
+    col_factor = torch.rsqrt(fac_col)
+    return fac_row, fac_col, row_factor, col_factor
 
 
 def feature_set_of(opt) -> "FeatureSet":
@@ -278,6 +293,12 @@ def adam_direction(m: Tensor, rms: Tensor, decays: Decays, t: Tensor, eps: float
     """
     b1, b2 = decays.momentum[0], decays.rms
     return (m / (1 - b1**t)) / (safe_sqrt(rms / (1 - b2**t)) + eps)
+
+
+def adam_constants(meta: MetaParams, decays: Decays, t: Tensor, eps: float) -> Tuple[float, float, float, float]:
+    """(lr, 1-β1^t, 1-β2^t, eps) of `adam_direction` as numbers, for the fused kernel."""
+    b1, b2 = decays.momentum[0], decays.rms
+    return float(meta["log_lr"].exp()), float(1 - b1**t), float(1 - b2**t), eps
 
 
 def stack_full(feats: Sequence[Tensor], shape: Sequence[int], scales: Optional[Tensor] = None) -> Tensor:

@@ -32,6 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from l2o.optimizers import fused
 from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, linear_init
 from l2o.optimizers.features import (
     ACCUMULATORS,
@@ -42,6 +43,7 @@ from l2o.optimizers.features import (
     TIME_SCALES,
     FeatureSet,
     accumulators_of,
+    adam_constants,
     adam_direction,
     rms_scales,
     stack_full,
@@ -172,15 +174,21 @@ class MLPOptimizer(FunctionalOptimizer):
         return {"t": torch.zeros((), dtype=ref.dtype, device=ref.device), **self.features.init_state(params)}
 
     # -- step -----------------------------------------------------------------------------------
+    def _layers(self, meta: MetaParams, t: Tensor) -> Layers:
+        """The per-parameter MLP at step t: time features are the same for every coordinate, so they
+        enter the first layer as a bias (unnormalized)."""
+        fs = self.features
+        layers = layers_from(meta, "mlp", self.layers + 1)
+        w0, b0 = layers[0]
+        layers[0] = (w0[: fs.size], b0 + time_features(t) @ w0[fs.size :])
+        return layers
+
     def step(self, meta, params, grads, state, loss=None):
         fs = self.features
         ref = next(iter(params.values()))
         decays = fs.decays(meta, ref)
         t = state["t"] + 1
-        layers = layers_from(meta, "mlp", self.layers + 1)
-        w0, b0 = layers[0]
-        # Time features are the same for every coordinate: they enter as a bias, unnormalized.
-        layers[0] = (w0[: fs.size], b0 + time_features(t) @ w0[fs.size :])
+        layers = self._layers(meta, t)
         deterministic = self.init == "deterministic"
         lr = meta["log_lr"].exp() if deterministic else None
 
@@ -197,3 +205,22 @@ class MLPOptimizer(FunctionalOptimizer):
             for k in ACCUMULATORS:
                 new_state[k][name] = acc[k]
         return new_params, new_state
+
+    def fused_step(self, meta, params, grads, state, loss=None, update_scale=None) -> State:
+        """`step` through the fused CPU kernel (`l2o.optimizers.fused`), for inference: writes the
+        parameters and accumulators in place and returns the new State. `update_scale` (name →
+        factor, default 1) multiplies each tensor's update (the adapter's lr multiplier)."""
+        update_scale = update_scale or {}
+        fs = self.features
+        decays = fs.decays(meta, next(iter(params.values())))
+        t = state["t"] + 1
+        layers = self._layers(meta, t)
+        adam = adam_constants(meta, decays, t, self.eps) if self.init == "deterministic" else None
+        new_state: State = {"t": t, **{k: {} for k in ACCUMULATORS}}
+        for name, p in params.items():
+            acc = accumulators_of(state, name)
+            tp = fused.plan(fs, decays, p, grads[name], acc)
+            fused.apply(fs, tp, layers, self.step_mult, self.exp_mult, adam, update_scale.get(name, 1.0))
+            for k in ACCUMULATORS:
+                new_state[k][name] = acc[k]
+        return new_state

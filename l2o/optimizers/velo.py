@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from l2o.optimizers import fused
 from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, linear_init, lstm_cell
 from l2o.optimizers.features import (
     ACCUMULATORS,
@@ -45,6 +46,7 @@ from l2o.optimizers.features import (
     TIME_SCALES,
     FeatureSet,
     accumulators_of,
+    adam_constants,
     adam_direction,
     ema,
     fraction_features,
@@ -167,37 +169,37 @@ class VeLOOptimizer(FunctionalOptimizer):
 
     def _tensor_stats(self, p: Tensor, g: Tensor, acc) -> Tuple[Tensor, Tensor]:
         """(RMS(p), 0.1·log of scale statistics relative to RMS(p))."""
-        rms_p = torch.sqrt(p.square().mean() + 1e-9)
         m = acc["m"].reshape(acc["m"].shape[0], -1)
-        stats = torch.cat(
-            [g.abs().mean().reshape(1), m.abs().mean(dim=1), safe_sqrt(acc["rms"]).mean().reshape(1)]
+        return self._stats_from_means(
+            p.square().mean(), g.abs().mean(), m.abs().mean(dim=1), safe_sqrt(acc["rms"]).mean()
         )
+
+    @staticmethod
+    def _stats_from_means(mean_p2: Tensor, mean_abs_g: Tensor, mean_abs_m: Tensor, mean_sqrt_rms: Tensor):
+        rms_p = torch.sqrt(mean_p2 + 1e-9)
+        stats = torch.cat([mean_abs_g.reshape(1), mean_abs_m, mean_sqrt_rms.reshape(1)])
         logs = torch.cat([torch.log(stats / rms_p + _LOG_FLOOR), torch.log(rms_p).reshape(1)])
         return rms_p, 0.1 * logs
 
-    def step(self, meta, params, grads, state, loss=None):
+    def _start(self, meta, params, state, loss):
+        """Decays, t, the loss-state update and the features every tensor shares."""
         if loss is None:
             raise ValueError("velo reads the loss: pass it to step (LearnedOptimizer: step(closure) or step(loss=...))")
-        fs = self.features
         ref = next(iter(params.values()))
-        decays = fs.decays(meta, ref)
+        decays = self.features.decays(meta, ref)
         t = state["t"] + 1
         loss = torch.as_tensor(loss).to(ref).reshape(())
         loss_feats, loss_state = self._loss_features(loss, state, t)
         global_feats = torch.cat([fraction_features(t, state["horizon"]), loss_feats])
+        return decays, t, loss_state, global_feats
 
-        names = list(params)
-        accs, feats, rms_ps, rows = {}, {}, {}, []
-        for name in names:
-            p, g = params[name], fs.clip(grads[name])
-            accs[name], feats[name] = fs.update(p, g, accumulators_of(state, name), decays)
-            feats[name].append(g.clamp(-0.1, 0.1))
-            rms_ps[name], stats = self._tensor_stats(p, g, accs[name])
-            one_hot = [float(min(p.dim(), MAX_RANK) == r) for r in range(MAX_RANK + 1)]
-            rank = torch.tensor(one_hot, dtype=ref.dtype, device=ref.device)
-            rows.append(torch.cat([global_feats, stats, rank]))
+    def _tensor_row(self, global_feats: Tensor, stats: Tensor, p: Tensor) -> Tensor:
+        one_hot = [float(min(p.dim(), MAX_RANK) == r) for r in range(MAX_RANK + 1)]
+        return torch.cat([global_feats, stats, torch.tensor(one_hot, dtype=p.dtype, device=p.device)])
 
-        # Tensor level: embed, mix across tensors (max), one LSTM step per tensor.
+    def _tensor_level(self, meta, rows: List[Tensor], state: State, names: List[str], t: Tensor):
+        """Embed, mix across tensors (max), one LSTM step per tensor; then each tensor's MLP layers
+        (hypernetwork: 100·mean_i(c_i·W_i), time features folded into the first bias) and α."""
         z = torch.relu(torch.stack(rows) @ meta["tensor.in.w"] + meta["tensor.in.b"])
         mixed = torch.relu(z @ meta["tensor.mix.w"] + meta["tensor.mix.b"]).max(dim=0, keepdim=True).values
         h, c = lstm_cell(
@@ -210,31 +212,72 @@ class VeLOOptimizer(FunctionalOptimizer):
         )
         controls = h @ meta["head.controls.w"] + meta["head.controls.b"]  # (T, K)
         alpha = torch.exp(h @ meta["head.alpha.w"] + meta["head.alpha.b"]).squeeze(-1)  # (T,)
-
-        # Hypernetwork: each tensor's MLP weights are 100·mean_i(c_i·W_i).
         mix = 100.0 * controls / self.num_basis
         n_layers = self.layers + 1
         weights = [torch.einsum("tk,kio->tio", mix, meta[f"bank.w{i}"]) for i in range(n_layers)]
         biases = [mix @ meta[f"bank.b{i}"] for i in range(n_layers)]
-        n_feat = fs.size + 1
+        n_feat = self.features.size + 1
         tf = time_features(t)
+        layers = []
+        for i in range(len(names)):
+            w0 = weights[0][i]
+            tensor_layers = [(w0[:n_feat], biases[0][i] + tf @ w0[n_feat:])]
+            tensor_layers += [(weights[j][i], biases[j][i]) for j in range(1, n_layers)]
+            layers.append(tensor_layers)
+        lstm_state = {"lstm_h": dict(zip(names, h.unbind(0))), "lstm_c": dict(zip(names, c.unbind(0)))}
+        return layers, alpha, lstm_state
+
+    def step(self, meta, params, grads, state, loss=None):
+        fs = self.features
+        decays, t, loss_state, global_feats = self._start(meta, params, state, loss)
+        names = list(params)
+        accs, feats, rms_ps, rows = {}, {}, {}, []
+        for name in names:
+            p, g = params[name], fs.clip(grads[name])
+            accs[name], feats[name] = fs.update(p, g, accumulators_of(state, name), decays)
+            feats[name].append(g.clamp(-0.1, 0.1))
+            rms_ps[name], stats = self._tensor_stats(p, g, accs[name])
+            rows.append(self._tensor_row(global_feats, stats, p))
+        layers, alpha, lstm_state = self._tensor_level(meta, rows, state, names, t)
 
         deterministic = self.init == "deterministic"
         lr = meta["log_lr"].exp() if deterministic else None
         new_params: Params = {}
-        new_state: State = {"t": t, "horizon": state["horizon"], **loss_state}
-        new_state.update({"lstm_h": {}, "lstm_c": {}, **{k: {} for k in ACCUMULATORS}})
+        new_state: State = {"t": t, "horizon": state["horizon"], **loss_state, **lstm_state}
+        new_state.update({k: {} for k in ACCUMULATORS})
         for i, name in enumerate(names):
             p = params[name]
-            w0 = weights[0][i]
-            layers = [(w0[:n_feat], biases[0][i] + tf @ w0[n_feat:])]
-            layers += [(weights[j][i], biases[j][i]) for j in range(1, n_layers)]
-            d, mu = apply_param_mlp(feats[name], layers, p.shape)
+            d, mu = apply_param_mlp(feats[name], layers[i], p.shape)
             update = self.step_mult * rms_ps[name] * alpha[i] * d
             if deterministic:
                 update = update + lr * adam_direction(accs[name]["m"][0], accs[name]["rms"], decays, t, self.eps)
             new_params[name] = p - torch.exp(self.exp_mult * mu) * update
-            new_state["lstm_h"][name], new_state["lstm_c"][name] = h[i], c[i]
             for k in ACCUMULATORS:
                 new_state[k][name] = accs[name][k]
         return new_params, new_state
+
+    def fused_step(self, meta, params, grads, state, loss=None, update_scale=None) -> State:
+        """`step` through the fused CPU kernel (`l2o.optimizers.fused`), for inference: writes the
+        parameters and accumulators in place and returns the new State. `update_scale` (name →
+        factor, default 1) multiplies each tensor's update (the adapter's lr multiplier)."""
+        update_scale = update_scale or {}
+        fs = self.features
+        decays, t, loss_state, global_feats = self._start(meta, params, state, loss)
+        names = list(params)
+        plans, rms_ps, rows = {}, {}, []
+        for name in names:
+            p = params[name]
+            tp = plans[name] = fused.plan(fs, decays, p, grads[name], accumulators_of(state, name), True, True)
+            p2 = tp.mean_squares[1]  # feature "p"
+            rms_ps[name], stats = self._stats_from_means(p2, tp.mean_abs_g, tp.mean_abs_m, tp.mean_sqrt_rms)
+            rows.append(self._tensor_row(global_feats, stats, p))
+        layers, alpha, lstm_state = self._tensor_level(meta, rows, state, names, t)
+        adam = adam_constants(meta, decays, t, self.eps) if self.init == "deterministic" else None
+        new_state: State = {"t": t, "horizon": state["horizon"], **loss_state, **lstm_state}
+        new_state.update({k: {} for k in ACCUMULATORS})
+        for i, name in enumerate(names):
+            scale = self.step_mult * float(rms_ps[name] * alpha[i])
+            fused.apply(fs, plans[name], layers[i], scale, self.exp_mult, adam, update_scale.get(name, 1.0))
+            for k in ACCUMULATORS:
+                new_state[k][name] = plans[name].acc[k]
+        return new_state

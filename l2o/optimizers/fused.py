@@ -1,0 +1,233 @@
+"""Fused CPU inference path of the per-parameter MLP optimizers (`mlp`, `velo`).
+
+Why: the functional step is a few dozen tensor ops per parameter tensor, each a pass over memory
+(and under `torch.compile` still several loops with materialized temporaries), so at 1e6 parameters
+it costs 6-70× Adam. What it computes needs only two passes once the row/column means of g² are
+known: one that reduces the features to their per-tensor mean squares (the RMS normalization needs
+them before the MLP can run) and one that recomputes the features, runs the MLP and writes the
+update. `csrc/per_param_mlp.cpp` does exactly that, tile by tile in L1, and writes the parameters
+and accumulators in place.
+
+It is inference only (no autograd, float32 CPU tensors); meta-training keeps the pure functional
+step, which stays the reference: tests check that both give the same parameters and state.
+
+The kernel is compiled once per machine with `torch.utils.cpp_extension` (needs a C++ compiler,
+as `torch.compile` on CPU does, and ninja) into torch's extension cache; `available()` says whether
+that worked, and the `torch.optim` adapter falls back to the functional step when it did not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from l2o.optimizers.features import ADAFACTOR_EPS, Decays, FeatureSet, adafactor_factors, factored_dims
+
+_SOURCE = Path(__file__).parent / "csrc" / "per_param_mlp.cpp"
+_LOCK = threading.Lock()
+_EXTENSION = None
+_BUILD_ERROR: Optional[BaseException] = None
+
+
+class FusedUnavailable(RuntimeError):
+    """The fused kernel could not be built or does not apply to these tensors."""
+
+
+def _compile_flags() -> List[str]:
+    """-O3, and the vector ISA torch itself dispatches to (so at::vec's exp is Sleef's vector one)."""
+    flags = ["-O3", "-fno-math-errno", "-fopenmp"]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX2":
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    elif capability.startswith("AVX512"):
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
+        flags += ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    return flags
+
+
+def kernels():
+    """The compiled extension (built on first use, then cached by torch); raises FusedUnavailable."""
+    global _EXTENSION, _BUILD_ERROR
+    with _LOCK:
+        if _EXTENSION is None and _BUILD_ERROR is None:
+            flags = _compile_flags()
+            digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+            # Say what the pause is, unless the kernel comes straight from torch's extension cache.
+            notice = threading.Timer(3.0, print, ("l2o: building the fused CPU kernel (once per machine, about a minute)...",), {"file": sys.stderr})
+            notice.start()
+            try:
+                from torch.utils import cpp_extension
+
+                _EXTENSION = cpp_extension.load(
+                    name=f"l2o_per_param_mlp_{digest}",
+                    sources=[str(_SOURCE)],
+                    extra_cflags=flags,
+                    extra_ldflags=["-fopenmp"],
+                    verbose=False,
+                )
+            except Exception as err:  # no compiler, no ninja, ...: remembered, so we try once
+                _BUILD_ERROR = err
+            finally:
+                notice.cancel()
+        if _EXTENSION is None:
+            raise FusedUnavailable(f"the fused CPU kernel could not be built: {_BUILD_ERROR}") from _BUILD_ERROR
+        return _EXTENSION
+
+
+def available() -> bool:
+    try:
+        kernels()
+        return True
+    except FusedUnavailable:
+        return False
+
+
+def applies_to(tensors: Sequence[Tensor]) -> bool:
+    """Whether the kernel handles these tensors (float32, CPU, contiguous, non-empty)."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and t.numel() > 0 for t in tensors)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout of the Adafactor factors relative to a tensor's coordinates.
+
+
+@functools.lru_cache(maxsize=256)
+def factor_layout(shape: Tuple[int, ...], d_row: int, d_col: int) -> Tuple[Tensor, Tensor, int, int]:
+    """(row_base, col_base, row_step, col_step) for a tensor viewed as (outer, last dim).
+
+    Coordinate (o, i) reads the row factor at row_base[o] + i·row_step of the flattened row
+    accumulator (shape: `shape` with d_col → 1), and the column factor likewise; the steps are 0
+    (the last dimension is the one the factor is reduced over) or 1.
+    """
+    mat = list(shape) if len(shape) >= 2 else [math.prod(shape), 1]
+    last = max([d for d, s in enumerate(mat) if s != 1], default=len(mat) - 1)
+    inner = mat[last]
+
+    def base_and_step(reduced_dim: int):
+        reduced = list(mat)
+        reduced[reduced_dim] = 1
+        index = torch.arange(math.prod(reduced)).reshape(reduced).expand(mat).reshape(-1, inner)
+        step = 0 if last == reduced_dim else 1
+        return index[:, 0].contiguous(), step
+
+    row_base, row_step = base_and_step(d_col)
+    col_base, col_step = base_and_step(d_row)
+    return row_base, col_base, row_step, col_step
+
+
+# ----------------------------------------------------------------------------------------------
+# One tensor's step in two kernel calls.
+
+
+@dataclasses.dataclass
+class TensorPlan:
+    """What the first pass learned about one tensor, for its architecture to choose the MLP weights."""
+
+    p: Tensor
+    g: Tensor
+    acc: Dict[str, Tensor]  # the tensor's accumulators, updated in place by `apply`
+    fac_row: Tensor  # new Adafactor accumulators (small; replace the old ones)
+    fac_col: Tensor
+    row_factor: Tensor  # (A, rows) / (A, cols) flattened rsqrt factors
+    col_factor: Tensor
+    mean_squares: Tensor  # (F,) per feature, in FeatureSet.names() order (+ clip(g, ±0.1) if asked)
+    mean_abs_g: Tensor
+    mean_abs_m: Tensor  # (K,)
+    mean_sqrt_rms: Tensor
+    layout: Tuple[Tensor, Tensor, int, int]
+    call: tuple  # the arguments both kernel calls share
+
+
+def _full_rows(fs: FeatureSet, small_clip: bool) -> Tuple[List[int], List[int], List[int]]:
+    """Indices (in names() order) of the per-coordinate features, the row factors, the column factors."""
+    k, a = len(fs.momentum_decays), len(fs.adafactor_decays)
+    ada_start = 5 + 2 * k
+    rows = list(range(ada_start + a, ada_start + 2 * a))
+    cols = list(range(ada_start + 2 * a, ada_start + 3 * a))
+    full = list(range(ada_start + a)) + [fs.size - 1] + ([fs.size] if small_clip else [])
+    return full, rows, cols
+
+
+def plan(
+    fs: FeatureSet, decays: Decays, p: Tensor, g: Tensor, acc: Dict[str, Tensor], small_clip: bool = False, stats: bool = False
+) -> TensorPlan:
+    """First pass: the tensor's new Adafactor factors and its feature statistics (nothing written).
+
+    `small_clip` adds VeLO's clip(g, ±0.1) feature; `stats` computes its mean |g|, |m_k|, sqrt(rms).
+    """
+    ext = kernels()
+    g = g.contiguous()
+    d_row, d_col = factored_dims(p.shape)
+    layout = factor_layout(tuple(p.shape), d_row, d_col)
+    mat = list(p.shape) if p.dim() >= 2 else [p.numel(), 1]
+    row_shape, col_shape = list(mat), list(mat)
+    row_shape[d_col], col_shape[d_row] = 1, 1
+    row_sums, col_sums = ext.factor_sums(g, *layout, math.prod(row_shape), math.prod(col_shape), fs.grad_clip, ADAFACTOR_EPS)
+    row_mean, col_mean = (row_sums / mat[d_col]).reshape(row_shape), (col_sums / mat[d_row]).reshape(col_shape)
+    fac_row, fac_col, row_factor, col_factor = adafactor_factors(row_mean, col_mean, acc, decays, d_row)
+    a = row_factor.shape[0]
+    row_factor, col_factor = row_factor.reshape(a, -1), col_factor.reshape(a, -1)
+    momentum = decays.momentum.tolist()
+    scalars = [*momentum, float(decays.rms), float(decays.factored_momentum)]
+    call = (p, g, acc["m"], acc["rms"], acc["fac_m"])
+    sums = ext.feature_sums(*call, row_factor, col_factor, *layout, scalars, a, fs.grad_clip, small_clip, stats)
+    sums = (sums.sum(dim=0) / p.numel()).to(p.dtype)
+    full, rows, cols = _full_rows(fs, small_clip)
+    n_full, k = len(full), len(momentum)
+    mean_squares = torch.empty(fs.size + int(small_clip), dtype=p.dtype)
+    mean_squares[full] = sums[:n_full]
+    mean_squares[rows] = row_factor.square().mean(dim=1)
+    mean_squares[cols] = col_factor.square().mean(dim=1)
+    return TensorPlan(
+        p, g, acc, fac_row, fac_col, row_factor, col_factor, mean_squares,
+        sums[n_full], sums[n_full + 1 : n_full + 1 + k], sums[n_full + 1 + k], layout,
+        (call, scalars, a, fs.grad_clip, small_clip),
+    )
+
+
+def apply(
+    fs: FeatureSet,
+    tp: TensorPlan,
+    layers: Sequence[Tuple[Tensor, Tensor]],
+    scale: float,
+    exp_mult: float,
+    adam: Optional[Tuple[float, float, float, float]] = None,
+    multiplier: float = 1.0,
+    norm_eps: float = 1e-5,
+) -> None:
+    """Second pass: p ← p - multiplier·exp(exp_mult·μ)·(scale·d [+ lr·m̂/(sqrt(v̂)+eps)]), and the
+    accumulators, in place.
+
+    `layers` are the per-parameter MLP's (W, b) with the time features already in the first bias;
+    `adam` = (lr, 1-β1^t, 1-β2^t, eps) for the deterministic init's Adam term.
+    """
+    (call, scalars, a, clip, small_clip) = tp.call
+    w0, b0 = layers[0]
+    w0 = w0 * torch.rsqrt(tp.mean_squares + norm_eps)[:, None]
+    full, rows, cols = _full_rows(fs, small_clip)
+    row_part = w0[rows].T @ tp.row_factor + b0[:, None]  # (H, rows): bias folded into the row table
+    col_part = w0[cols].T @ tp.col_factor
+    rowtab = torch.cat([tp.row_factor, row_part]).contiguous()
+    coltab = torch.cat([tp.col_factor, col_part]).contiguous()
+    weights = [w0[full].contiguous()] + [w.contiguous() for w, _ in layers[1:]]
+    biases = [b.contiguous() for _, b in layers[1:]]
+    lr, c1, c2, eps = adam if adam is not None else (0.0, 1.0, 1.0, 1.0)
+    kernels().apply_update(
+        *call, rowtab, coltab, *tp.layout, scalars, a, clip, small_clip,
+        weights, biases, multiplier * scale, float(exp_mult), multiplier * lr, float(c1), float(c2), float(eps),
+    )
+    tp.acc["fac_row"], tp.acc["fac_col"] = tp.fac_row, tp.fac_col
+
+
+def warn_fallback(reason: str) -> None:
+    warnings.warn(f"l2o: using the unfused optimizer step ({reason})", RuntimeWarning, stacklevel=3)

@@ -1,0 +1,154 @@
+"""The fused CPU kernel (l2o/optimizers/fused.py) computes what the functional step computes.
+
+The functional `step` is the reference; `fused_step` must give the same parameter updates and the
+same State, on every tensor layout the kernel's indexing has to handle, for every option that
+changes the kernel's work, and through the `torch.optim` adapter.
+"""
+
+import pytest
+import torch
+
+import l2o
+from l2o.optimizers import build, fused
+from tests.arch_checks import MixedNet
+
+# rank 0-4; square, wide, tall, (n,1)/(1,n); conv weights whose factored dims are not the last two;
+# last dims longer than the kernel's tile (64) and tensors spanning several parallel chunks (16384).
+SHAPES = [(), (7,), (1,), (30, 40), (40, 30), (50, 1), (1, 50), (8, 5, 3, 3), (3, 70, 2), (2, 3, 4, 5, 6), (200, 130), (300, 70)]
+CASES = [
+    ("mlp", {}),
+    ("mlp", {"init": "deterministic"}),
+    ("mlp", {"hidden": 32}),
+    ("mlp", {"layers": 1, "learn_decays": True}),
+    ("mlp", {"momentum_decays": (0.5, 0.9, 0.99, 0.999), "adafactor_decays": (0.9,)}),
+    ("velo", {}),
+    ("velo", {"init": "deterministic"}),
+]
+
+
+def _run_both(name, hyper, shapes, grad_scales, steps=4, seed=0):
+    lopt = build(name, **hyper)
+    meta = lopt.init_meta(torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed + 1)
+    ref = {f"p{i}": torch.randn(s, generator=gen) for i, s in enumerate(shapes)}
+    out = {k: v.clone() for k, v in ref.items()}
+    context = {"horizon": torch.tensor(50.0)}
+    ref_state, out_state = lopt.init_state(meta, ref, context), lopt.init_state(meta, out, context)
+    for step in range(steps):
+        grads = {k: torch.randn(v.shape, generator=gen) * grad_scales[step % len(grad_scales)] for k, v in ref.items()}
+        loss = torch.tensor(1.0 / (step + 1))
+        before = {k: v.clone() for k, v in ref.items()}
+        ref, ref_state = lopt.step(meta, ref, grads, ref_state, loss)
+        out_state = lopt.fused_step(meta, out, grads, out_state, loss)
+        for k in ref:  # compare the updates, not the parameters (updates are ~1e-3 of them)
+            want, got = ref[k] - before[k], out[k] - before[k]
+            tol = 1e-4 * want.abs().max() + 2.5e-7 * before[k].abs().max()  # + 2 ulps of p
+            assert (want - got).abs().max() <= tol, (name, hyper, k, step)
+            out[k] = ref[k].clone()  # next step from identical parameters: errors don't compound
+    return ref_state, out_state
+
+
+@pytest.mark.parametrize("name,hyper", CASES, ids=[f"{n}-{h}" for n, h in CASES])
+def test_fused_step_equals_the_functional_step(name, hyper):
+    ref_state, out_state = _run_both(name, hyper, SHAPES, grad_scales=[1e-2, 1.0, 1e-6, 1e4])
+    for key, value in ref_state.items():
+        pairs = value.items() if isinstance(value, dict) else [(key, value)]
+        for k, want in pairs:
+            got = out_state[key][k] if isinstance(value, dict) else out_state[key]
+            scale = float(want.abs().max()) if want.numel() else 0.0  # EMAs of signed values cancel
+            torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-6 * scale + 1e-12, msg=f"state {key}[{k}]")
+
+
+def test_zero_gradients_and_untouched_coordinates():
+    """A gradient of exactly zero (dead units) must give finite results equal to the functional ones."""
+    _run_both("mlp", {}, [(30, 40), (12,)], grad_scales=[0.0, 1.0, 0.0])
+    _run_both("velo", {}, [(30, 40), (12,)], grad_scales=[0.0, 1.0, 0.0])
+
+
+def test_nan_gradient_propagates_like_the_functional_step():
+    lopt = build("mlp")
+    meta = lopt.init_meta(torch.Generator().manual_seed(0))
+    ref = {"w": torch.randn(20, 30)}
+    out = {"w": ref["w"].clone()}
+    grads = {"w": torch.randn(20, 30)}
+    grads["w"][3, 4] = float("nan")
+    ref, _ = lopt.step(meta, ref, grads, lopt.init_state(meta, ref), None)
+    lopt.fused_step(meta, out, grads, lopt.init_state(meta, out), None)
+    assert torch.equal(torch.isnan(ref["w"]), torch.isnan(out["w"]))
+
+
+def test_results_do_not_depend_on_the_number_of_threads():
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            lopt = build("mlp")
+            meta = lopt.init_meta(torch.Generator().manual_seed(0))
+            params = {"w": torch.randn(400, 300, generator=torch.Generator().manual_seed(1))}
+            state = lopt.init_state(meta, params)
+            for _ in range(3):
+                state = lopt.fused_step(meta, params, {"w": torch.ones(400, 300)}, state)
+            results.append(params["w"])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+
+
+def _train(fused_flag, steps=8, lr=1.0, arch="velo", state_from=None):
+    torch.manual_seed(0)
+    model = MixedNet()
+    gen = torch.Generator().manual_seed(2)
+    tokens, target = torch.randint(0, 10, (8, 5, 5), generator=gen), torch.randn(8, 2, generator=gen)
+    lopt = build(arch)
+    meta = lopt.init_meta(torch.Generator().manual_seed(3))
+    opt = l2o.LearnedOptimizer(model.parameters(), optimizer=lopt, meta=meta, num_steps=20, lr=lr, fused=fused_flag)
+    if state_from is not None:
+        model.load_state_dict(state_from[0])
+        opt.load_state_dict(state_from[1])
+
+    def closure():
+        opt.zero_grad()
+        loss = ((model(tokens) - target) ** 2).mean()
+        loss.backward()
+        return loss
+
+    losses = [float(opt.step(closure).detach()) for _ in range(steps)]
+    return model, opt, losses
+
+
+@pytest.mark.parametrize("arch", ["mlp", "velo"])
+@pytest.mark.parametrize("lr", [1.0, 0.5])
+def test_adapter_fused_by_default_and_equal_to_unfused(arch, lr, monkeypatch):
+    calls = []
+    real = fused.apply
+    monkeypatch.setattr(fused, "apply", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model_f, _, losses_f = _train(None, lr=lr, arch=arch)
+    assert calls, "the adapter did not use the fused kernel by default"
+    model_u, _, losses_u = _train(False, lr=lr, arch=arch)
+    assert len(calls) == 8 * len(list(model_f.parameters()))  # fused=False never called it
+    for a, b in zip(model_f.parameters(), model_u.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(losses_f), torch.tensor(losses_u), rtol=1e-4, atol=1e-6)
+
+
+def test_state_dict_moves_between_fused_and_unfused():
+    model, opt, _ = _train(True, steps=4)
+    saved = (model.state_dict(), opt.state_dict())
+    resumed_unfused, _, _ = _train(False, steps=3, state_from=saved)
+    resumed_fused, _, _ = _train(True, steps=3, state_from=saved)
+    for a, b in zip(resumed_fused.parameters(), resumed_unfused.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_true_is_strict_and_none_falls_back():
+    params = [torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))]
+    params[0].grad = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="no fused kernel"):
+        l2o.LearnedOptimizer(params, optimizer="lstm", fused=True)
+    strict = l2o.LearnedOptimizer(params, optimizer="mlp", fused=True)
+    with pytest.raises(fused.FusedUnavailable, match="float32"):
+        strict.step()
+    before = params[0].detach().clone()
+    l2o.LearnedOptimizer(params, optimizer="mlp").step()  # float64: the functional step
+    assert not torch.equal(before, params[0])
