@@ -147,12 +147,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
         tensors = [*params.values(), *grads.values()]
         tensors += [t for v in state.values() if is_per_tensor(v) for t in v.values()]
+        reason = fused.unsupported(self.lopt)
         if self.fused:  # required: say exactly why not
+            if reason:
+                raise fused.FusedUnavailable(reason)
             fused.kernels()
             if not fused.applies_to(tensors):
                 raise fused.FusedUnavailable("fused=True needs contiguous float32 CPU parameters, gradients and state")
             return True
-        return fused.applies_to(tensors) and fused.available()
+        return reason is None and fused.applies_to(tensors) and fused.available()
 
 
 

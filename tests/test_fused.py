@@ -152,3 +152,14 @@ def test_fused_true_is_strict_and_none_falls_back():
     before = params[0].detach().clone()
     l2o.LearnedOptimizer(params, optimizer="mlp").step()  # float64: the functional step
     assert not torch.equal(before, params[0])
+
+
+def test_hyperparameters_beyond_the_kernel_fall_back_or_raise():
+    params = [torch.nn.Parameter(torch.randn(4, 3))]
+    params[0].grad = torch.randn(4, 3)
+    wide = build("mlp", hidden=80)
+    with pytest.raises(fused.FusedUnavailable, match="64 hidden units"):
+        l2o.LearnedOptimizer(params, optimizer=wide, fused=True).step()
+    before = params[0].detach().clone()
+    l2o.LearnedOptimizer(params, optimizer=wide).step()  # auto: the functional step
+    assert not torch.equal(before, params[0])

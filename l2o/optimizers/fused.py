@@ -92,6 +92,18 @@ def available() -> bool:
         return False
 
 
+MAX_DECAYS, MAX_HIDDEN = 4, 64  # the kernel's fixed array sizes (csrc: MAX_K, MAX_A, MAX_H)
+
+
+def unsupported(lopt) -> Optional[str]:
+    """Why the kernel cannot run this optimizer's hyperparameters (None if it can)."""
+    if len(lopt.momentum_decays) > MAX_DECAYS or len(lopt.adafactor_decays) > MAX_DECAYS:
+        return f"the fused kernel handles at most {MAX_DECAYS} momentum and {MAX_DECAYS} Adafactor decays"
+    if lopt.hidden > MAX_HIDDEN:
+        return f"the fused kernel handles MLPs up to {MAX_HIDDEN} hidden units, got {lopt.hidden}"
+    return None
+
+
 def applies_to(tensors: Sequence[Tensor]) -> bool:
     """Whether the kernel handles these tensors (float32, CPU, contiguous, non-empty)."""
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and t.numel() > 0 for t in tensors)
@@ -148,14 +160,17 @@ class TensorPlan:
     call: tuple  # the arguments both kernel calls share
 
 
-def _full_rows(fs: FeatureSet, small_clip: bool) -> Tuple[List[int], List[int], List[int]]:
-    """Indices (in names() order) of the per-coordinate features, the row factors, the column factors."""
-    k, a = len(fs.momentum_decays), len(fs.adafactor_decays)
+@functools.lru_cache(maxsize=64)
+def _feature_rows(k: int, a: int, small_clip: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Index tensors (names() order) of the per-coordinate features, the row factors and the column
+    factors, and the permutation that puts [per-coordinate, row, column] mean squares in names() order."""
+    size = 6 + 2 * k + 3 * a  # FeatureSet.size
     ada_start = 5 + 2 * k
     rows = list(range(ada_start + a, ada_start + 2 * a))
     cols = list(range(ada_start + 2 * a, ada_start + 3 * a))
-    full = list(range(ada_start + a)) + [fs.size - 1] + ([fs.size] if small_clip else [])
-    return full, rows, cols
+    full = list(range(ada_start + a)) + [size - 1] + ([size] if small_clip else [])
+    order = torch.tensor(full + rows + cols).argsort()
+    return torch.tensor(full), torch.tensor(rows), torch.tensor(cols), order
 
 
 def plan(
@@ -182,12 +197,10 @@ def plan(
     call = (p, g, acc["m"], acc["rms"], acc["fac_m"])
     sums = ext.feature_sums(*call, row_factor, col_factor, *layout, scalars, a, fs.grad_clip, small_clip, stats)
     sums = (sums.sum(dim=0) / p.numel()).to(p.dtype)
-    full, rows, cols = _full_rows(fs, small_clip)
-    n_full, k = len(full), len(momentum)
-    mean_squares = torch.empty(fs.size + int(small_clip), dtype=p.dtype)
-    mean_squares[full] = sums[:n_full]
-    mean_squares[rows] = row_factor.square().mean(dim=1)
-    mean_squares[cols] = col_factor.square().mean(dim=1)
+    k = len(momentum)
+    full, _, _, order = _feature_rows(k, a, small_clip)
+    n_full = len(full)
+    mean_squares = torch.cat([sums[:n_full], row_factor.square().mean(dim=1), col_factor.square().mean(dim=1)])[order]
     return TensorPlan(
         p, g, acc, fac_row, fac_col, row_factor, col_factor, mean_squares,
         sums[n_full], sums[n_full + 1 : n_full + 1 + k], sums[n_full + 1 + k], layout,
@@ -214,12 +227,12 @@ def apply(
     (call, scalars, a, clip, small_clip) = tp.call
     w0, b0 = layers[0]
     w0 = w0 * torch.rsqrt(tp.mean_squares + norm_eps)[:, None]
-    full, rows, cols = _full_rows(fs, small_clip)
+    full, rows, cols, _ = _feature_rows(len(fs.momentum_decays), a, small_clip)
     row_part = w0[rows].T @ tp.row_factor + b0[:, None]  # (H, rows): bias folded into the row table
     col_part = w0[cols].T @ tp.col_factor
     rowtab = torch.cat([tp.row_factor, row_part]).contiguous()
     coltab = torch.cat([tp.col_factor, col_part]).contiguous()
-    weights = [w0[full].contiguous()] + [w.contiguous() for w, _ in layers[1:]]
+    weights = [w0[full]] + [w.contiguous() for w, _ in layers[1:]]
     biases = [b.contiguous() for _, b in layers[1:]]
     lr, c1, c2, eps = adam if adam is not None else (0.0, 1.0, 1.0, 1.0)
     kernels().apply_update(
