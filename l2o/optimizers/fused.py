@@ -24,14 +24,13 @@ import hashlib
 import math
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from l2o.optimizers.features import ADAFACTOR_EPS, Decays, FeatureSet, adafactor_factors, factored_dims
+from l2o.optimizers.features import ACCUMULATORS, ADAFACTOR_EPS, Decays, FeatureSet, adafactor_factors, factored_dims
 
 _SOURCE = Path(__file__).parent / "csrc" / "per_param_mlp.cpp"
 _LOCK = threading.Lock()
@@ -145,8 +144,6 @@ def factor_layout(shape: Tuple[int, ...], d_row: int, d_col: int) -> Tuple[Tenso
 class TensorPlan:
     """What the first pass learned about one tensor, for its architecture to choose the MLP weights."""
 
-    p: Tensor
-    g: Tensor
     acc: Dict[str, Tensor]  # the tensor's accumulators, updated in place by `apply`
     fac_row: Tensor  # new Adafactor accumulators (small; replace the old ones)
     fac_col: Tensor
@@ -202,7 +199,7 @@ def plan(
     n_full = len(full)
     mean_squares = torch.cat([sums[:n_full], row_factor.square().mean(dim=1), col_factor.square().mean(dim=1)])[order]
     return TensorPlan(
-        p, g, acc, fac_row, fac_col, row_factor, col_factor, mean_squares,
+        acc, fac_row, fac_col, row_factor, col_factor, mean_squares,
         sums[n_full], sums[n_full + 1 : n_full + 1 + k], sums[n_full + 1 + k], layout,
         (call, scalars, a, fs.grad_clip, small_clip),
     )
@@ -242,5 +239,6 @@ def apply(
     tp.acc["fac_row"], tp.acc["fac_col"] = tp.fac_row, tp.fac_col
 
 
-def warn_fallback(reason: str) -> None:
-    warnings.warn(f"l2o: using the unfused optimizer step ({reason})", RuntimeWarning, stacklevel=3)
+def accumulator_state(plans: Dict[str, TensorPlan]) -> Dict[str, Dict[str, Tensor]]:
+    """The State's accumulator fields after `apply` ran on every plan (name → TensorPlan)."""
+    return {k: {name: tp.acc[k] for name, tp in plans.items()} for k in ACCUMULATORS}

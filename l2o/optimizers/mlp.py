@@ -216,11 +216,8 @@ class MLPOptimizer(FunctionalOptimizer):
         t = state["t"] + 1
         layers = self._layers(meta, t)
         adam = adam_constants(meta, decays, t, self.eps) if self.init == "deterministic" else None
-        new_state: State = {"t": t, **{k: {} for k in ACCUMULATORS}}
+        plans = {}
         for name, p in params.items():
-            acc = accumulators_of(state, name)
-            tp = fused.plan(fs, decays, p, grads[name], acc)
-            fused.apply(fs, tp, layers, self.step_mult, self.exp_mult, adam, update_scale.get(name, 1.0))
-            for k in ACCUMULATORS:
-                new_state[k][name] = acc[k]
-        return new_state
+            plans[name] = fused.plan(fs, decays, p, grads[name], accumulators_of(state, name))
+            fused.apply(fs, plans[name], layers, self.step_mult, self.exp_mult, adam, update_scale.get(name, 1.0))
+        return {"t": t, **fused.accumulator_state(plans)}

@@ -257,9 +257,7 @@ class VeLOOptimizer(FunctionalOptimizer):
         return new_params, new_state
 
     def fused_step(self, meta, params, grads, state, loss=None, update_scale=None) -> State:
-        """`step` through the fused CPU kernel (`l2o.optimizers.fused`), for inference: writes the
-        parameters and accumulators in place and returns the new State. `update_scale` (name →
-        factor, default 1) multiplies each tensor's update (the adapter's lr multiplier)."""
+        """`step` through the fused CPU kernel; the contract of `MLPOptimizer.fused_step`."""
         update_scale = update_scale or {}
         fs = self.features
         decays, t, loss_state, global_feats = self._start(meta, params, state, loss)
@@ -273,11 +271,7 @@ class VeLOOptimizer(FunctionalOptimizer):
             rows.append(self._tensor_row(global_feats, stats, p))
         layers, alpha, lstm_state = self._tensor_level(meta, rows, state, names, t)
         adam = adam_constants(meta, decays, t, self.eps) if self.init == "deterministic" else None
-        new_state: State = {"t": t, "horizon": state["horizon"], **loss_state, **lstm_state}
-        new_state.update({k: {} for k in ACCUMULATORS})
         for i, name in enumerate(names):
             scale = self.step_mult * float(rms_ps[name] * alpha[i])
             fused.apply(fs, plans[name], layers[i], scale, self.exp_mult, adam, update_scale.get(name, 1.0))
-            for k in ACCUMULATORS:
-                new_state[k][name] = plans[name].acc[k]
-        return new_state
+        return {"t": t, "horizon": state["horizon"], **loss_state, **lstm_state, **fused.accumulator_state(plans)}
