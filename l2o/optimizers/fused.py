@@ -158,14 +158,14 @@ class TensorPlan:
 
 
 @functools.lru_cache(maxsize=64)
-def _feature_rows(k: int, a: int, small_clip: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Index tensors (names() order) of the per-coordinate features, the row factors and the column
-    factors, and the permutation that puts [per-coordinate, row, column] mean squares in names() order."""
-    size = 6 + 2 * k + 3 * a  # FeatureSet.size
-    ada_start = 5 + 2 * k
-    rows = list(range(ada_start + a, ada_start + 2 * a))
-    cols = list(range(ada_start + 2 * a, ada_start + 3 * a))
-    full = list(range(ada_start + a)) + [size - 1] + ([size] if small_clip else [])
+def _feature_rows(fs: FeatureSet, small_clip: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Index tensors (into names(), + clip(g, ±0.1) last if asked) of the per-coordinate features, the
+    row factors and the column factors, and the permutation that puts [per-coordinate, row, column]
+    mean squares back in that order."""
+    names = fs.names() + (["clip(g)"] if small_clip else [])
+    rows = [i for i, n in enumerate(names) if n.startswith("rsqrt(row")]
+    cols = [i for i, n in enumerate(names) if n.startswith("rsqrt(col")]
+    full = [i for i in range(len(names)) if i not in rows and i not in cols]
     order = torch.tensor(full + rows + cols).argsort()
     return torch.tensor(full), torch.tensor(rows), torch.tensor(cols), order
 
@@ -181,11 +181,12 @@ def plan(
     g = g.contiguous()
     d_row, d_col = factored_dims(p.shape)
     layout = factor_layout(tuple(p.shape), d_row, d_col)
-    mat = list(p.shape) if p.dim() >= 2 else [p.numel(), 1]
-    row_shape, col_shape = list(mat), list(mat)
-    row_shape[d_col], col_shape[d_row] = 1, 1
-    row_sums, col_sums = ext.factor_sums(g, *layout, math.prod(row_shape), math.prod(col_shape), fs.grad_clip, ADAFACTOR_EPS)
-    row_mean, col_mean = (row_sums / mat[d_col]).reshape(row_shape), (col_sums / mat[d_row]).reshape(col_shape)
+    row_shape, col_shape = acc["fac_row"].shape[1:], acc["fac_col"].shape[1:]  # the reduced matrix shapes
+    rows, cols = math.prod(row_shape), math.prod(col_shape)
+    row_sums, col_sums = ext.factor_sums(g, *layout, rows, cols, fs.grad_clip, ADAFACTOR_EPS)
+    # a row sum covers numel/rows coordinates, a column sum numel/cols
+    row_mean = (row_sums / (p.numel() // rows)).reshape(row_shape)
+    col_mean = (col_sums / (p.numel() // cols)).reshape(col_shape)
     fac_row, fac_col, row_factor, col_factor = adafactor_factors(row_mean, col_mean, acc, decays, d_row)
     a = row_factor.shape[0]
     row_factor, col_factor = row_factor.reshape(a, -1), col_factor.reshape(a, -1)
@@ -195,7 +196,7 @@ def plan(
     sums = ext.feature_sums(*call, row_factor, col_factor, *layout, scalars, a, fs.grad_clip, small_clip, stats)
     sums = (sums.sum(dim=0) / p.numel()).to(p.dtype)
     k = len(momentum)
-    full, _, _, order = _feature_rows(k, a, small_clip)
+    full, _, _, order = _feature_rows(fs, small_clip)
     n_full = len(full)
     mean_squares = torch.cat([sums[:n_full], row_factor.square().mean(dim=1), col_factor.square().mean(dim=1)])[order]
     return TensorPlan(
@@ -224,7 +225,7 @@ def apply(
     (call, scalars, a, clip, small_clip) = tp.call
     w0, b0 = layers[0]
     w0 = w0 * torch.rsqrt(tp.mean_squares + norm_eps)[:, None]
-    full, rows, cols, _ = _feature_rows(len(fs.momentum_decays), a, small_clip)
+    full, rows, cols, _ = _feature_rows(fs, small_clip)
     row_part = w0[rows].T @ tp.row_factor + b0[:, None]  # (H, rows): bias folded into the row table
     col_part = w0[cols].T @ tp.col_factor
     rowtab = torch.cat([tp.row_factor, row_part]).contiguous()

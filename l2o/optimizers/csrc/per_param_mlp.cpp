@@ -59,7 +59,8 @@ struct Inputs {
 
 Inputs make_inputs(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms, torch::Tensor fac_m,
                    torch::Tensor rowtab, torch::Tensor coltab, torch::Tensor row_base, torch::Tensor col_base,
-                   int64_t row_step, int64_t col_step, std::vector<double> decays, double clip, bool small_clip) {
+                   int64_t row_step, int64_t col_step, std::vector<double> decays, int64_t n_ada, double clip,
+                   bool small_clip) {
   // decays: K momentum decays, rms decay, factored-momentum decay (Adafactor's are in the tables).
   const int64_t n = p.numel();
   const int64_t outer = row_base.numel();
@@ -89,7 +90,9 @@ Inputs make_inputs(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Ten
   in.cols = coltab.size(1);
   in.K = static_cast<int>(decays.size()) - 2;
   TORCH_CHECK(in.K >= 1 && in.K <= MAX_K && m.numel() == in.K * n, "fused: bad momentum decays / m");
-  in.A = 0;
+  in.A = static_cast<int>(n_ada);
+  TORCH_CHECK(in.A >= 1 && in.A <= MAX_A, "fused: bad number of Adafactor decays");
+  in.n_full = 2 * in.K + in.A + 6 + (small_clip ? 1 : 0);
   in.small_clip = small_clip;
   in.clip = static_cast<float>(clip);
   for (int k = 0; k < in.K; ++k) {
@@ -312,11 +315,8 @@ torch::Tensor feature_sums(torch::Tensor p, torch::Tensor g, torch::Tensor m, to
                            torch::Tensor rowtab, torch::Tensor coltab, torch::Tensor row_base,
                            torch::Tensor col_base, int64_t row_step, int64_t col_step, std::vector<double> decays,
                            int64_t n_ada, double clip, bool small_clip, bool stats) {
-  Inputs in = make_inputs(p, g, m, rms, fac_m, rowtab, coltab, row_base, col_base, row_step, col_step, decays, clip,
-                          small_clip);
-  in.A = static_cast<int>(n_ada);
-  TORCH_CHECK(in.A >= 1 && in.A <= MAX_A, "fused: bad number of Adafactor decays");
-  in.n_full = 2 * in.K + in.A + 6 + (small_clip ? 1 : 0);
+  Inputs in = make_inputs(p, g, m, rms, fac_m, rowtab, coltab, row_base, col_base, row_step, col_step, decays, n_ada,
+                          clip, small_clip);
   const int64_t per = rows_per_chunk(in);
   const int64_t chunks = (in.outer + per - 1) / per;
   const int width = in.n_full + in.K + 2;
@@ -347,11 +347,8 @@ void apply_update(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tens
                   int64_t row_step, int64_t col_step, std::vector<double> decays, int64_t n_ada, double clip,
                   bool small_clip, std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases,
                   double scale, double exp_mult, double adam_lr, double bias_c1, double bias_c2, double eps) {
-  Inputs in = make_inputs(p, g, m, rms, fac_m, rowtab, coltab, row_base, col_base, row_step, col_step, decays, clip,
-                          small_clip);
-  in.A = static_cast<int>(n_ada);
-  TORCH_CHECK(in.A >= 1 && in.A <= MAX_A, "fused: bad number of Adafactor decays");
-  in.n_full = 2 * in.K + in.A + 6 + (small_clip ? 1 : 0);
+  Inputs in = make_inputs(p, g, m, rms, fac_m, rowtab, coltab, row_base, col_base, row_step, col_step, decays, n_ada,
+                          clip, small_clip);
   const int n_layers = static_cast<int>(weights.size());
   TORCH_CHECK(n_layers >= 2 && static_cast<int>(biases.size()) == n_layers - 1, "fused: bad MLP layers");
   std::vector<const float*> W, B;
