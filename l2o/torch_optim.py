@@ -19,6 +19,10 @@ from l2o.optimizers.base import FunctionalOptimizer, is_per_tensor, state_merge,
 _STATE_KEY = "l2o"  # the functional State lives under this (non-parameter) key of `self.state`
 
 
+def _to_device(tree, device: torch.device):
+    return {k: _to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in tree.items()}
+
+
 class LearnedOptimizer(torch.optim.Optimizer):
     """A learned (or any functional) optimizer as a `torch.optim.Optimizer`.
 
@@ -104,6 +108,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return state
 
     # -- torch.optim API --------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict) -> None:
+        """As torch optimizers do, state saved on another device (a GPU run's state loaded with
+        `map_location="cpu"`, or the reverse) moves to the parameters' device: torch copies state
+        kept under a non-parameter key, like ours, as it is."""
+        super().load_state_dict(state_dict)
+        state = self.state.get(_STATE_KEY)
+        if state is not None:
+            device = self.param_groups[0]["params"][0].device
+            self.state[_STATE_KEY] = _to_device(state, device)
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None, loss: Optional[Tensor] = None):
         """One update. The loss comes from `closure()` when given, else from `loss=` (may be None

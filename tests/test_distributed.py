@@ -90,3 +90,17 @@ def test_auto_groups_per_family_is_one_per_process_and_too_few_groups_is_an_erro
     fixed = load_config(None, OVERRIDES[:-3] + ["groups_per_family=1"])
     with pytest.raises(ConfigError, match="cannot be split over 2 processes; set groups_per_family ≥ 2"):
         MetaTrainer(fixed, tmp_path / "b", progress=False, collective=_Rank(0, 2))
+
+
+def test_more_cuda_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    """--nproc 2 --device cuda on a one-GPU machine: a ConfigError (one CLI line), not CUDA's
+    "invalid device ordinal" traceback; raised before any process group or CUDA call."""
+    from l2o.meta_train import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set_device reached"))
+    with pytest.raises(ConfigError, match="rank 1 would use GPU 1, but torch sees 1 CUDA device"):
+        distributed.from_env(torch.device("cuda"))

@@ -19,6 +19,9 @@ CASES = [
     ("mlp", {}),
     ("mlp", {"init": "deterministic"}),
     ("mlp", {"hidden": 32}),
+    ("mlp", {"hidden": 3, "layers": 3}),  # the kernel pads the hidden width to 4
+    ("mlp", {"hidden": 2}),
+    ("mlp", {"hidden": 1}),
     ("mlp", {"layers": 1, "learn_decays": True}),
     ("mlp", {"momentum_decays": (0.5, 0.9, 0.99, 0.999), "adafactor_decays": (0.9,)}),
     ("velo", {}),

@@ -110,6 +110,28 @@ def test_state_dict_round_trip_continues_exactly(ckpt):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("kind", ["checkpoint", "lodo"])
+def test_state_dict_moves_to_the_parameters_device(ckpt, kind):
+    """A state saved on one device loads onto parameters on another (a GPU run's state dict read with
+    map_location="cpu", or the reverse), as for torch optimizers; "meta" stands in for the GPU."""
+    make = (lambda ps: l2o.LODO(ps)) if kind == "lodo" else (lambda ps: l2o.LearnedOptimizer(ps, checkpoint=ckpt))
+    x, y = _batch()
+    model = _model()
+    opt = make(model.parameters())
+    opt.step(_closure(model, opt, x, y))
+    elsewhere = _model().to("meta")
+    opt2 = make(elsewhere.parameters())
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    devices = set()
+    walk = lambda tree: [walk(v) if isinstance(v, dict) else devices.add(v.device.type) for v in tree.values()]
+    walk(opt2.state["l2o"])
+    assert devices == {"meta"}
+    for p in elsewhere.parameters():
+        p.grad = torch.ones_like(p)
+    opt2.step(loss=torch.ones((), device="meta")) if kind != "lodo" else opt2.step()  # no device mismatch
+    assert all(p.device.type == "meta" for p in elsewhere.parameters())
+
+
 def test_parameters_without_grad_are_skipped_and_join_later(ckpt):
     model = _model()
     frozen = torch.nn.Parameter(torch.ones(3))

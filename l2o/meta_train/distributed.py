@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from l2o.errors import ConfigError
+
 
 class Collective:
     """One process: every reduction is the identity (the base the distributed version overrides)."""
@@ -101,6 +103,11 @@ def from_env(device: torch.device) -> tuple:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
+        if device.index >= torch.cuda.device_count():  # else CUDA's "invalid device ordinal" traceback
+            raise ConfigError(
+                f"rank {os.environ.get('RANK', '?')} would use GPU {device.index}, but torch sees "
+                f"{torch.cuda.device_count()} CUDA device(s): run at most one process per GPU with --device cuda"
+            )
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

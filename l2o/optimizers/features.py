@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from l2o.optimizers.base import MetaParams, Params, State, safe_sqrt  # noqa: F401 (re-exported)
+from l2o.optimizers.base import MetaParams, Params, State, constant, safe_sqrt  # noqa: F401 (re-exported)
 
 MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
 RMS_DECAY = 0.999
@@ -103,14 +103,12 @@ def rms_scales(feats: Sequence[Tensor], eps: float = NORM_EPS) -> Tensor:
 
 def time_features(t: Tensor, scales: Sequence[float] = TIME_SCALES) -> Tensor:
     """`tanh(t/x - 1)` for each timescale x (ALGORITHMS.md §2); t counts steps taken (a tensor)."""
-    x = torch.tensor(scales, dtype=t.dtype, device=t.device)
-    return torch.tanh(t / x - 1)
+    return torch.tanh(t / constant(scales, t) - 1)
 
 
 def fraction_features(t: Tensor, horizon: Tensor, taus: Sequence[float] = FRACTION_TAUS) -> Tensor:
     """VeLO's training-fraction features `tanh(10·(t/T - τ))` (ALGORITHMS.md §3)."""
-    tau = torch.tensor(taus, dtype=t.dtype, device=t.device)
-    return torch.tanh(10 * (t / horizon - tau))
+    return torch.tanh(10 * (t / horizon - constant(taus, t)))
 
 
 def decay_logit(beta: float) -> float:
@@ -191,7 +189,7 @@ class FeatureSet:
     def decays(self, meta: MetaParams, ref: Tensor) -> Decays:
         if self.learn_decays:
             return Decays(*(1 - meta[f"decays.{k}"].exp() for k in ("momentum", "rms", "adafactor", "factored_momentum")))
-        const = lambda v: torch.tensor(v, dtype=ref.dtype, device=ref.device)
+        const = lambda v: constant(v, ref)
         return Decays(
             const(self.momentum_decays),
             const(self.rms_decay),

@@ -5,8 +5,10 @@ Why: the functional step is a few dozen tensor ops per parameter tensor, each a 
 it costs 6-70× Adam. What it computes needs only two passes once the row/column means of g² are
 known: one that reduces the features to their per-tensor mean squares (the RMS normalization needs
 them before the MLP can run) and one that recomputes the features, runs the MLP and writes the
-update. `csrc/per_param_mlp.cpp` does exactly that, tile by tile in L1, and writes the parameters
-and accumulators in place.
+update. `csrc/per_param_mlp.cpp` does exactly that, 8 coordinates at a time in registers, and
+writes the parameters and accumulators in place. Each tensor costs two calls into it (`plan`,
+`apply`); everything between them (Adafactor's factors, folding the normalization into the first
+layer) happens inside those calls, so the per-tensor overhead is tens of microseconds.
 
 It is inference only (no autograd, float32 CPU tensors); meta-training keeps the pure functional
 step, which stays the reference: tests check that both give the same parameters and state.
@@ -30,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from l2o.optimizers.features import ACCUMULATORS, ADAFACTOR_EPS, Decays, FeatureSet, adafactor_factors, factored_dims
+from l2o.optimizers.features import ACCUMULATORS, ADAFACTOR_EPS, Decays, FeatureSet, factored_dims
 
 _SOURCE = Path(__file__).parent / "csrc" / "per_param_mlp.cpp"
 _LOCK = threading.Lock()
@@ -140,6 +142,22 @@ def factor_layout(shape: Tuple[int, ...], d_row: int, d_col: int) -> Tuple[Tenso
 # One tensor's step in two kernel calls.
 
 
+@dataclasses.dataclass(frozen=True)
+class Constants:
+    """What every tensor's kernel calls share in one step (decays as numbers, the clip)."""
+
+    decays: Tuple[float, ...]  # momentum decays, rms decay, factored-momentum decay
+    adafactor: Tuple[float, ...]
+    clip: float
+    k: int  # number of momentum decays
+
+
+def constants(fs: FeatureSet, decays: Decays) -> Constants:
+    momentum = decays.momentum.tolist()
+    scalars = (*momentum, float(decays.rms), float(decays.factored_momentum))
+    return Constants(scalars, tuple(decays.adafactor.tolist()), fs.grad_clip, len(momentum))
+
+
 @dataclasses.dataclass
 class TensorPlan:
     """What the first pass learned about one tensor, for its architecture to choose the MLP weights."""
@@ -149,65 +167,65 @@ class TensorPlan:
     fac_col: Tensor
     row_factor: Tensor  # (A, rows) / (A, cols) flattened rsqrt factors
     col_factor: Tensor
-    mean_squares: Tensor  # (F,) per feature, in FeatureSet.names() order (+ clip(g, ±0.1) if asked)
-    mean_abs_g: Tensor
-    mean_abs_m: Tensor  # (K,)
-    mean_sqrt_rms: Tensor
+    summary: Tensor  # mean squares of the per-coordinate, row and column features, then the stats
+    n_full: int
     layout: Tuple[Tensor, Tensor, int, int]
     call: tuple  # the arguments both kernel calls share
+    small_clip: bool
+
+    def _stat(self, at: int, count: int = 1) -> Tensor:
+        start = self.n_full + 2 * self.row_factor.shape[0] + at
+        return self.summary[start : start + count]
+
+    @property
+    def mean_p2(self) -> Tensor:
+        return self.summary[1]  # feature "p"
+
+    @property
+    def mean_abs_g(self) -> Tensor:
+        return self._stat(0)[0]
+
+    @property
+    def mean_abs_m(self) -> Tensor:
+        return self._stat(1, len(self.acc["m"]))
+
+    @property
+    def mean_sqrt_rms(self) -> Tensor:
+        return self._stat(1 + len(self.acc["m"]))[0]
 
 
 @functools.lru_cache(maxsize=64)
-def _feature_rows(fs: FeatureSet, small_clip: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Index tensors (into names(), + clip(g, ±0.1) last if asked) of the per-coordinate features, the
-    row factors and the column factors, and the permutation that puts [per-coordinate, row, column]
-    mean squares back in that order."""
+def _feature_rows(fs: FeatureSet, small_clip: bool) -> Tuple[List[int], List[int], List[int]]:
+    """Where in names() (+ clip(g, ±0.1) last if asked) the per-coordinate features, the row factors
+    and the column factors are: how the kernel maps the first layer's rows to its features."""
     names = fs.names() + (["clip(g)"] if small_clip else [])
     rows = [i for i, n in enumerate(names) if n.startswith("rsqrt(row")]
     cols = [i for i, n in enumerate(names) if n.startswith("rsqrt(col")]
     full = [i for i in range(len(names)) if i not in rows and i not in cols]
-    order = torch.tensor(full + rows + cols).argsort()
-    return torch.tensor(full), torch.tensor(rows), torch.tensor(cols), order
+    return full, rows, cols
 
 
 def plan(
-    fs: FeatureSet, decays: Decays, p: Tensor, g: Tensor, acc: Dict[str, Tensor], small_clip: bool = False, stats: bool = False
+    fs: FeatureSet, consts: Constants, p: Tensor, g: Tensor, acc: Dict[str, Tensor], small_clip: bool = False, stats: bool = False
 ) -> TensorPlan:
     """First pass: the tensor's new Adafactor factors and its feature statistics (nothing written).
 
     `small_clip` adds VeLO's clip(g, ±0.1) feature; `stats` computes its mean |g|, |m_k|, sqrt(rms).
     """
-    ext = kernels()
-    g = g.contiguous()
     d_row, d_col = factored_dims(p.shape)
     layout = factor_layout(tuple(p.shape), d_row, d_col)
-    row_shape, col_shape = acc["fac_row"].shape[1:], acc["fac_col"].shape[1:]  # the reduced matrix shapes
-    rows, cols = math.prod(row_shape), math.prod(col_shape)
-    row_sums, col_sums = ext.factor_sums(g, *layout, rows, cols, fs.grad_clip, ADAFACTOR_EPS)
-    # a row sum covers numel/rows coordinates, a column sum numel/cols
-    row_mean = (row_sums / (p.numel() // rows)).reshape(row_shape)
-    col_mean = (col_sums / (p.numel() // cols)).reshape(col_shape)
-    fac_row, fac_col, row_factor, col_factor = adafactor_factors(row_mean, col_mean, acc, decays, d_row)
-    a = row_factor.shape[0]
-    row_factor, col_factor = row_factor.reshape(a, -1), col_factor.reshape(a, -1)
-    momentum = decays.momentum.tolist()
-    scalars = [*momentum, float(decays.rms), float(decays.factored_momentum)]
     call = (p, g, acc["m"], acc["rms"], acc["fac_m"])
-    sums = ext.feature_sums(*call, row_factor, col_factor, *layout, scalars, a, fs.grad_clip, small_clip, stats)
-    sums = (sums.sum(dim=0) / p.numel()).to(p.dtype)
-    k = len(momentum)
-    full, _, _, order = _feature_rows(fs, small_clip)
-    n_full = len(full)
-    mean_squares = torch.cat([sums[:n_full], row_factor.square().mean(dim=1), col_factor.square().mean(dim=1)])[order]
-    return TensorPlan(
-        acc, fac_row, fac_col, row_factor, col_factor, mean_squares,
-        sums[n_full], sums[n_full + 1 : n_full + 1 + k], sums[n_full + 1 + k], layout,
-        (call, scalars, a, fs.grad_clip, small_clip),
+    fac_row, fac_col, row_factor, col_factor, summary = kernels().plan_tensor(
+        *call, acc["fac_row"], acc["fac_col"], *layout, d_row,
+        consts.decays, consts.adafactor, consts.clip, ADAFACTOR_EPS, small_clip, stats,
     )
+    n_full = len(_feature_rows(fs, small_clip)[0])
+    return TensorPlan(acc, fac_row, fac_col, row_factor, col_factor, summary, n_full, layout, call, small_clip)
 
 
 def apply(
     fs: FeatureSet,
+    consts: Constants,
     tp: TensorPlan,
     layers: Sequence[Tuple[Tensor, Tensor]],
     scale: float,
@@ -222,20 +240,12 @@ def apply(
     `layers` are the per-parameter MLP's (W, b) with the time features already in the first bias;
     `adam` = (lr, 1-β1^t, 1-β2^t, eps) for the deterministic init's Adam term.
     """
-    (call, scalars, a, clip, small_clip) = tp.call
-    w0, b0 = layers[0]
-    w0 = w0 * torch.rsqrt(tp.mean_squares + norm_eps)[:, None]
-    full, rows, cols, _ = _feature_rows(fs, small_clip)
-    row_part = w0[rows].T @ tp.row_factor + b0[:, None]  # (H, rows): bias folded into the row table
-    col_part = w0[cols].T @ tp.col_factor
-    rowtab = torch.cat([tp.row_factor, row_part]).contiguous()
-    coltab = torch.cat([tp.col_factor, col_part]).contiguous()
-    weights = [w0[full]] + [w.contiguous() for w, _ in layers[1:]]
-    biases = [b.contiguous() for _, b in layers[1:]]
+    full, rows, cols = _feature_rows(fs, tp.small_clip)
     lr, c1, c2, eps = adam if adam is not None else (0.0, 1.0, 1.0, 1.0)
-    kernels().apply_update(
-        *call, rowtab, coltab, *tp.layout, scalars, a, clip, small_clip,
-        weights, biases, multiplier * scale, float(exp_mult), multiplier * lr, float(c1), float(c2), float(eps),
+    kernels().apply_tensor(
+        *tp.call, tp.row_factor, tp.col_factor, *tp.layout, consts.decays, consts.clip, tp.small_clip, tp.summary,
+        [w for w, _ in layers], [b for _, b in layers], full, rows, cols, norm_eps,
+        multiplier * scale, float(exp_mult), multiplier * lr, float(c1), float(c2), float(eps),
     )
     tp.acc["fac_row"], tp.acc["fac_col"] = tp.fac_row, tp.fac_col
 

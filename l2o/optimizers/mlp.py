@@ -216,8 +216,9 @@ class MLPOptimizer(FunctionalOptimizer):
         t = state["t"] + 1
         layers = self._layers(meta, t)
         adam = adam_constants(meta, decays, t, self.eps) if self.init == "deterministic" else None
+        consts = fused.constants(fs, decays)
         plans = {}
         for name, p in params.items():
-            plans[name] = fused.plan(fs, decays, p, grads[name], accumulators_of(state, name))
-            fused.apply(fs, plans[name], layers, self.step_mult, self.exp_mult, adam, update_scale.get(name, 1.0))
+            plans[name] = fused.plan(fs, consts, p, grads[name], accumulators_of(state, name))
+            fused.apply(fs, consts, plans[name], layers, self.step_mult, self.exp_mult, adam, update_scale.get(name, 1.0))
         return {"t": t, **fused.accumulator_state(plans)}

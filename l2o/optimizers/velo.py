@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from l2o.optimizers import fused
-from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, linear_init, lstm_cell
+from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, constant, linear_init, lstm_cell
 from l2o.optimizers.features import (
     ACCUMULATORS,
     ADAFACTOR_DECAYS,
@@ -161,7 +161,7 @@ class VeLOOptimizer(FunctionalOptimizer):
         first = t == 1
         lo = torch.where(first, loss, torch.minimum(state["loss_min"], loss))
         hi = torch.where(first, loss, torch.maximum(state["loss_max"], loss))
-        beta = torch.tensor(self.loss_decays, dtype=loss.dtype, device=loss.device)
+        beta = constant(self.loss_decays, loss)
         loss_ema = ema(state["loss_ema"], loss, beta)
         corrected = loss_ema / (1 - beta**t)
         feats = (2 * (corrected - lo) / (hi - lo).clamp_min(_LOG_FLOOR) - 1).clamp(-1, 1)
@@ -195,7 +195,7 @@ class VeLOOptimizer(FunctionalOptimizer):
 
     def _tensor_row(self, global_feats: Tensor, stats: Tensor, p: Tensor) -> Tensor:
         one_hot = [float(min(p.dim(), MAX_RANK) == r) for r in range(MAX_RANK + 1)]
-        return torch.cat([global_feats, stats, torch.tensor(one_hot, dtype=p.dtype, device=p.device)])
+        return torch.cat([global_feats, stats, constant(one_hot, p)])
 
     def _tensor_level(self, meta, rows: List[Tensor], state: State, names: List[str], t: Tensor):
         """Embed, mix across tensors (max), one LSTM step per tensor; then each tensor's MLP layers
@@ -214,7 +214,8 @@ class VeLOOptimizer(FunctionalOptimizer):
         alpha = torch.exp(h @ meta["head.alpha.w"] + meta["head.alpha.b"]).squeeze(-1)  # (T,)
         mix = 100.0 * controls / self.num_basis
         n_layers = self.layers + 1
-        weights = [torch.einsum("tk,kio->tio", mix, meta[f"bank.w{i}"]) for i in range(n_layers)]
+        banks = [meta[f"bank.w{i}"] for i in range(n_layers)]  # (K, in, out): mixed as one matmul each
+        weights = [(mix @ w.reshape(w.shape[0], -1)).reshape(-1, *w.shape[1:]) for w in banks]
         biases = [mix @ meta[f"bank.b{i}"] for i in range(n_layers)]
         n_feat = self.features.size + 1
         tf = time_features(t)
@@ -262,16 +263,16 @@ class VeLOOptimizer(FunctionalOptimizer):
         fs = self.features
         decays, t, loss_state, global_feats = self._start(meta, params, state, loss)
         names = list(params)
+        consts = fused.constants(fs, decays)
         plans, rms_ps, rows = {}, {}, []
         for name in names:
             p = params[name]
-            tp = plans[name] = fused.plan(fs, decays, p, grads[name], accumulators_of(state, name), True, True)
-            p2 = tp.mean_squares[1]  # feature "p"
-            rms_ps[name], stats = self._stats_from_means(p2, tp.mean_abs_g, tp.mean_abs_m, tp.mean_sqrt_rms)
+            tp = plans[name] = fused.plan(fs, consts, p, grads[name], accumulators_of(state, name), True, True)
+            rms_ps[name], stats = self._stats_from_means(tp.mean_p2, tp.mean_abs_g, tp.mean_abs_m, tp.mean_sqrt_rms)
             rows.append(self._tensor_row(global_feats, stats, p))
         layers, alpha, lstm_state = self._tensor_level(meta, rows, state, names, t)
         adam = adam_constants(meta, decays, t, self.eps) if self.init == "deterministic" else None
         for i, name in enumerate(names):
             scale = self.step_mult * float(rms_ps[name] * alpha[i])
-            fused.apply(fs, plans[name], layers[i], scale, self.exp_mult, adam, update_scale.get(name, 1.0))
+            fused.apply(fs, consts, plans[name], layers[i], scale, self.exp_mult, adam, update_scale.get(name, 1.0))
         return {"t": t, "horizon": state["horizon"], **loss_state, **lstm_state, **fused.accumulator_state(plans)}

@@ -1,23 +1,30 @@
 // Fused CPU kernels for the per-parameter MLP learned optimizers (`mlp`, `velo`) at inference.
 //
 // The functional step (l2o/optimizers/features.py + mlp.py) is the reference; these kernels compute
-// the same numbers in two passes over a parameter tensor instead of dozens of tensor ops:
+// the same numbers in three passes over a parameter tensor instead of dozens of tensor ops:
 //
+//   factor_sums:  the row and column sums of clip(g)² that Adafactor's factors need.
 //   feature_sums: new accumulators and features of every coordinate, reduced to per-tensor sums
 //                 (mean squares for the RMS normalization, VeLO's |g|, |m|, sqrt(rms) statistics);
 //                 nothing is written.
 //   apply_update: the same features again, the MLP on them, the update; writes p and the
 //                 accumulators in place.
 //
-// Coordinates are processed in tiles of TILE along the tensor's last dimension: the features of a
-// tile live in small stack arrays (L1), and every inner loop runs over the tile, so the compiler
-// vectorizes it. Adafactor's row/column factors are broadcast tensors; each tile reads them through
-// a per-outer-row base offset and a step of 0 or 1 along the last dimension (`row_base`, `row_step`),
-// which covers matrices, vectors and conv weights whose factored dimensions are not the last two.
+// Why it is written this way: per coordinate the MLP is ~90 multiply-adds and the features ~40
+// more operations, so a pass is bound by the core's arithmetic, not by memory, unless every value
+// stays in a register. Coordinates therefore go through in groups of W = 8 (`vf`, one AVX register),
+// and each feature is consumed the moment it is computed: squared into its sum (feature_sums) or
+// multiplied into the first layer's hidden units (apply_update). Nothing per coordinate is stored
+// except the tensors' new values. The hidden width is a template parameter (the weights are padded
+// with zeros to a power of two), so the hidden units live in registers too.
 //
-// Feature order of a coordinate (the "full" features of FeatureSet.names(): the row/column ones
-// enter through the tables instead): g, p, m_k (K), rms, m_k*rsqrt(rms) (K), rsqrt(rms),
-// g*rsqrt(rms), adafactor_g_a (A), fac_m, [clip(g, ±0.1)].
+// Adafactor's row/column factors are broadcast tensors; a group reads them through a per-outer-row
+// base offset and a step of 0 or 1 along the last dimension (`row_base`, `row_step`), which covers
+// matrices, vectors and conv weights whose factored dimensions are not the last two.
+//
+// Feature order (the "full" features of FeatureSet.names(); the row/column ones enter through the
+// tables instead): g, p, m_k (K), rms, m_k*rsqrt(rms) (K), rsqrt(rms), g*rsqrt(rms),
+// adafactor_g_a (A), fac_m, [clip(g, ±0.1)].
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -26,20 +33,217 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
 namespace {
 
-constexpr int64_t TILE = 64;
-constexpr int64_t PREFETCH = 8 * TILE;  // coordinates ahead
 constexpr int MAX_K = 4;
 constexpr int MAX_A = 4;
 constexpr int MAX_H = 64;
-constexpr int MAX_FULL = 2 * MAX_K + MAX_A + 7;
 constexpr int64_t CHUNK = 16384;  // coordinates per parallel work item (fixed: results don't depend on threads)
+constexpr int64_t FLUSH = 512;    // coordinates summed in float before the sums move to double
+constexpr int64_t PREFETCH = 512;  // coordinates ahead the streams are prefetched
+
+// A group of W coordinates as one GCC/Clang vector (an AVX register; two SSE ones). W = 16 (two AVX
+// registers per operation, to share each weight's load) was 7× slower: GCC 12 lowers some
+// operations on vectors wider than the ISA's lane by lane. `vfu` is its unaligned-load twin.
+constexpr int W = 8;
+typedef float vf __attribute__((vector_size(4 * W)));
+typedef float vfu __attribute__((vector_size(4 * W), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(4 * W)));
+
+inline vf splat(float x) { return vf{} + x; }
+inline vf load_full(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void store_full(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
+// The first `len` lanes (the rest 0) and their store: `len` < W only in a row's last group.
+inline vf load_n(const float* p, int64_t len) {
+  if (len == W) return load_full(p);
+  float buf[W] = {};
+  std::memcpy(buf, p, len * sizeof(float));
+  return load_full(buf);
+}
+inline void store_n(float* p, vf x, int64_t len) {
+  if (len == W) return store_full(p, x);
+  float buf[W];
+  store_full(buf, x);
+  std::memcpy(p, buf, len * sizeof(float));
+}
+inline vi lane_index() {
+  vi index;
+  for (int l = 0; l < W; ++l) index[l] = l;
+  return index;
+}
+inline vf first_lanes(vf x, int64_t len) { return lane_index() < static_cast<int32_t>(len) ? x : vf{}; }
+
+#if defined(__AVX__)
+inline __m256 as_avx(vf x) { return reinterpret_cast<__m256>(x); }
+inline vf from_avx(__m256 x) { return reinterpret_cast<vf>(x); }
+#endif
+
+// max(x, lo) and min(x, hi) that keep NaN, as torch's clamp and relu do: the AVX instructions return
+// their second operand when either is NaN, so x goes second (one instruction, not compare + blend).
+inline vf max_keep_nan(vf x, float lo) {
+#if defined(__AVX__)
+  return from_avx(_mm256_max_ps(as_avx(splat(lo)), as_avx(x)));
+#else
+  return x < lo ? splat(lo) : x;
+#endif
+}
+inline vf min_keep_nan(vf x, float hi) {
+#if defined(__AVX__)
+  return from_avx(_mm256_min_ps(as_avx(splat(hi)), as_avx(x)));
+#else
+  return x > hi ? splat(hi) : x;
+#endif
+}
+inline vf clamp_keep_nan(vf x, float bound) { return max_keep_nan(min_keep_nan(x, bound), -bound); }
+inline vf relu(vf x) { return max_keep_nan(x, 0.0f); }
+inline vf absolute(vf x) { return reinterpret_cast<vf>(reinterpret_cast<vi>(x) & 0x7fffffff); }
+
+// 1/sqrt(x + eps) (x ≥ 0). With AVX: the hardware estimate refined by one Newton step (relative
+// error ~1e-7, a few float ulps) instead of sqrt + divide, which cost ~4× more.
+inline vf inverse_sqrt(vf x, float eps) {
+  const vf v = x + eps;
+#if defined(__AVX__)
+  const vf y = from_avx(_mm256_rsqrt_ps(as_avx(v)));
+  return y * (1.5f - 0.5f * v * y * y);
+#else
+  vf out;
+  for (int l = 0; l < W; ++l) out[l] = 1.0f / std::sqrt(v[l]);
+  return out;
+#endif
+}
+
+// sqrt(x) (x ≥ 0) as x·rsqrt(x) with the refined estimate, ~1e-7 relative (vsqrtps costs ~4×
+// more). Below the smallest normal float (where the estimate is inf) it gives 0, off by < 1.1e-19;
+// NaN stays NaN.
+inline vf square_root(vf x) {
+#if defined(__AVX__)
+  const vf y = from_avx(_mm256_rsqrt_ps(as_avx(x)));
+  const vf root = x * (y * (1.5f - 0.5f * x * y * y));
+  return x < 1.17549435e-38f ? vf{} : root;
+#else
+  vf out;
+  for (int l = 0; l < W; ++l) out[l] = std::sqrt(x[l]);
+  return out;
+#endif
+}
+
+// exp(x), Cephes' expf inlined (≤ 2 ulp; at::vec's Sleef exp is an out-of-line call per group):
+// x = n·ln2 + r with |r| ≤ ln2/2, a degree-5 polynomial for exp(r), and 2^n as two factors
+// 2^⌊n/2⌋·2^⌈n/2⌉ built from exponent bits, so overflow gives inf and underflow denormals or 0, as
+// torch.exp. NaN stays NaN.
+inline vf exponential(vf x) {
+  const vf clamped = x > 88.8f ? splat(88.8f) : (x < -104.0f ? splat(-104.0f) : x);
+  const vf fx = clamped * 1.44269504088896341f + 0.5f;
+  vf n = __builtin_convertvector(__builtin_convertvector(fx, vi), vf);  // truncation, then floor:
+  n = n > fx ? n - 1.0f : n;
+  const vf r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
+  vf y = splat(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const vi ni = __builtin_convertvector(n, vi), half = ni >> 1;
+  y = y * reinterpret_cast<vf>((half + 127) << 23) * reinterpret_cast<vf>((ni - half + 127) << 23);
+  return x < -104.0f ? vf{} : y;
+}
+
+// A group: NV registers' worth of consecutive coordinates that go through the code together. One
+// group's work is a long chain of dependent operations (features → first layer → hidden layers →
+// exp → update, ~180 cycles) that the core cannot overlap with the next group's, so a single
+// register per group left it waiting on latency; two independent registers per group halve that.
+constexpr int NV = 2;
+constexpr int64_t GROUP = NV * W;
+struct vp {
+  vf v[NV];
+};
+
+inline vp pack(vf x) {
+  vp out;
+  for (int i = 0; i < NV; ++i) out.v[i] = x;
+  return out;
+}
+inline vp splat_group(float x) { return pack(splat(x)); }
+template <class F>
+__attribute__((always_inline)) inline vp map(vp x, F f) {
+  for (int i = 0; i < NV; ++i) x.v[i] = f(x.v[i]);
+  return x;
+}
+#define L2O_PACK_OPERATOR(op)                                                                             \
+  inline vp operator op(vp a, const vp& b) {                                                               \
+    for (int i = 0; i < NV; ++i) a.v[i] = a.v[i] op b.v[i];                                                \
+    return a;                                                                                              \
+  }                                                                                                        \
+  inline vp operator op(vp a, float b) { return map(a, [b](vf x) { return x op b; }); }                     \
+  inline vp operator op(float a, vp b) { return map(b, [a](vf x) { return a op x; }); }                     \
+  inline vp operator op(const vf& a, vp b) { return map(b, [&a](vf x) { return a op x; }); }
+L2O_PACK_OPERATOR(+)
+L2O_PACK_OPERATOR(-)
+L2O_PACK_OPERATOR(*)
+L2O_PACK_OPERATOR(/)
+#undef L2O_PACK_OPERATOR
+inline vp& operator+=(vp& a, const vp& b) { return a = a + b; }
+
+inline vp clamp_keep_nan(vp x, float bound) { return map(x, [bound](vf v) { return clamp_keep_nan(v, bound); }); }
+inline vp relu(vp x) { return map(x, [](vf v) { return relu(v); }); }
+inline vp absolute(vp x) { return map(x, [](vf v) { return absolute(v); }); }
+inline vp inverse_sqrt(vp x, float eps) { return map(x, [eps](vf v) { return inverse_sqrt(v, eps); }); }
+inline vp square_root(vp x) { return map(x, [](vf v) { return square_root(v); }); }
+inline vp exponential(vp x) { return map(x, [](vf v) { return exponential(v); }); }
+
+// A group's first `len` coordinates (the rest 0) and their store: `len` < GROUP only in a row's last.
+inline vp load_group(const float* p, int64_t len) {
+  float buf[GROUP] = {};
+  if (len < GROUP) {
+    std::memcpy(buf, p, len * sizeof(float));
+    p = buf;
+  }
+  vp out;
+  for (int i = 0; i < NV; ++i) out.v[i] = load_full(p + i * W);
+  return out;
+}
+inline void store_group(float* p, const vp& x, int64_t len) {
+  if (len == GROUP) {
+    for (int i = 0; i < NV; ++i) store_full(p + i * W, x.v[i]);
+    return;
+  }
+  float buf[GROUP];
+  for (int i = 0; i < NV; ++i) store_full(buf + i * W, x.v[i]);
+  std::memcpy(p, buf, len * sizeof(float));
+}
+// All ones in the lanes of a group's first `len` coordinates, zeros after.
+inline vp lane_mask(int64_t len) {
+  vp out;
+  for (int i = 0; i < NV; ++i) out.v[i] = reinterpret_cast<vf>(lane_index() + i * W < static_cast<int32_t>(len));
+  return out;
+}
+inline vp keep_lanes(vp x, const vp& mask) {
+  for (int i = 0; i < NV; ++i) x.v[i] = reinterpret_cast<vf>(reinterpret_cast<vi>(x.v[i]) & reinterpret_cast<vi>(mask.v[i]));
+  return x;
+}
+
+// Feature slots at fixed positions, so the compiler sees constant indices once loops over k < MAX_K
+// and a < MAX_A are unrolled (slots past K or A are skipped).
+enum Slot : int {
+  S_G = 0,
+  S_P = 1,
+  S_M = 2,
+  S_RMS = S_M + MAX_K,
+  S_MINV = S_RMS + 1,
+  S_INV = S_MINV + MAX_K,
+  S_GINV = S_INV + 1,
+  S_ADA = S_GINV + 1,
+  S_FM = S_ADA + MAX_A,
+  S_SC = S_FM + 1,
+  N_SLOTS = S_SC + 1,
+};
 
 struct Inputs {
   float* p;
@@ -55,6 +259,7 @@ struct Inputs {
   int K, A, n_full;
   bool small_clip;
   float clip, mom[MAX_K], mom_c[MAX_K], rms_decay, fm_decay;
+  int feature_of[N_SLOTS];  // slot -> index in the feature order above (-1: unused)
 };
 
 Inputs make_inputs(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms, torch::Tensor fac_m,
@@ -92,231 +297,179 @@ Inputs make_inputs(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Ten
   TORCH_CHECK(in.K >= 1 && in.K <= MAX_K && m.numel() == in.K * n, "fused: bad momentum decays / m");
   in.A = static_cast<int>(n_ada);
   TORCH_CHECK(in.A >= 1 && in.A <= MAX_A, "fused: bad number of Adafactor decays");
-  in.n_full = 2 * in.K + in.A + 6 + (small_clip ? 1 : 0);
+  const int K = in.K, A = in.A;
+  in.n_full = 2 * K + A + 6 + (small_clip ? 1 : 0);
   in.small_clip = small_clip;
   in.clip = static_cast<float>(clip);
-  for (int k = 0; k < in.K; ++k) {
+  for (int k = 0; k < K; ++k) {
     in.mom[k] = static_cast<float>(decays[k]);
     in.mom_c[k] = static_cast<float>(1.0 - decays[k]);
   }
-  in.rms_decay = static_cast<float>(decays[in.K]);
-  in.fm_decay = static_cast<float>(decays[in.K + 1]);
+  in.rms_decay = static_cast<float>(decays[K]);
+  in.fm_decay = static_cast<float>(decays[K + 1]);
+  std::fill(in.feature_of, in.feature_of + N_SLOTS, -1);
+  in.feature_of[S_G] = 0;
+  in.feature_of[S_P] = 1;
+  for (int k = 0; k < K; ++k) {
+    in.feature_of[S_M + k] = 2 + k;
+    in.feature_of[S_MINV + k] = 3 + K + k;
+  }
+  in.feature_of[S_RMS] = 2 + K;
+  in.feature_of[S_INV] = 3 + 2 * K;
+  in.feature_of[S_GINV] = 4 + 2 * K;
+  for (int a = 0; a < A; ++a) in.feature_of[S_ADA + a] = 5 + 2 * K + a;
+  in.feature_of[S_FM] = 5 + 2 * K + A;
+  if (small_clip) in.feature_of[S_SC] = 6 + 2 * K + A;
   return in;
 }
 
-// Column `col` of a (width, count) table for the tile's coordinates: a constant (step 0) or a run.
-inline void gather(const float* tab, int64_t count, int col, int64_t base, int64_t step, int64_t len, float* out) {
-  const float* src = tab + col * count + base;
-  if (step == 0) {
-    std::fill(out, out + len, *src);
-  } else {
-    std::copy(src, src + len, out);
-  }
-}
-
-// Features of coordinates [e0, e0+len) (one tile inside outer row o), and the new accumulators.
-struct Tile {
-  float f[MAX_FULL][TILE];  // full features; the new accumulators are among them (pointers below)
-  const float* mn[MAX_K];
-  const float* rn;
-  const float* fmn;
-  int64_t len;
+// Where one group of (up to) GROUP coordinates of one outer row lives.
+struct Group {
+  int64_t e;      // flat index of the first coordinate
+  int64_t rb, cb;  // offsets of its row / column factors in the tables' columns
+  int64_t len;     // GROUP, or fewer for a row's last group
 };
 
-// out = 1/sqrt(x + eps) (x ≥ 0). With AVX: the hardware estimate refined by one Newton step
-// (relative error ~1e-7, a few float ulps) instead of sqrt + divide, which cost ~4× more.
-inline void inverse_sqrt(const float* __restrict x, float eps, float* __restrict out, int64_t len) {
-  int64_t i = 0;
-#if defined(__AVX__)
-  const __m256 e = _mm256_set1_ps(eps), half = _mm256_set1_ps(0.5f), three_halves = _mm256_set1_ps(1.5f);
-  for (; i + 8 <= len; i += 8) {
-    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(x + i), e);
-    const __m256 y = _mm256_rsqrt_ps(v);
-    const __m256 vyy = _mm256_mul_ps(_mm256_mul_ps(v, y), y);
-    _mm256_storeu_ps(out + i, _mm256_mul_ps(y, _mm256_sub_ps(three_halves, _mm256_mul_ps(half, vyy))));
-  }
-#endif
-  for (; i < len; ++i) out[i] = 1.0f / std::sqrt(x[i] + eps);
+// Column `col` of a (width, count) table at a group: one broadcast value (step 0) or a run (step 1).
+inline vp table(const float* tab, int64_t count, int col, int64_t base, int64_t step, int64_t len) {
+  const float* src = tab + col * count + base;
+  return step == 0 ? splat_group(*src) : load_group(src, len);
 }
 
-// Clamp that keeps NaN (std::min/max would drop it, hiding a bad gradient from the caller).
-inline float clamp_keep_nan(float x, float bound) { return x > bound ? bound : (x < -bound ? -bound : x); }
-
-// Every loop below reads and writes through local __restrict pointers and local constants, so the
-// compiler knows stores into the tile cannot change its inputs and vectorizes each loop.
-inline void tile_features(const Inputs& in, int64_t o, int64_t i0, Tile& t) {
-  const int64_t e0 = o * in.inner + i0;
-  const int64_t len = t.len;
-  const int K = in.K, A = in.A;
-  const int64_t rb0 = in.row_base[o] + i0 * in.row_step, cb0 = in.col_base[o] + i0 * in.col_step;
-  float* __restrict gc = t.f[0];
-  float* __restrict pp = t.f[1];
-  // Software prefetch of the streams a few tiles ahead: the hardware prefetcher alone does not keep
-  // K+4 interleaved streams in flight, and these passes are bound by memory, not arithmetic.
-  if (e0 + PREFETCH + TILE <= in.n) {
-    for (int64_t line = 0; line < TILE; line += 16) {
-      const int64_t at = e0 + PREFETCH + line;
-      __builtin_prefetch(in.g + at);
-      __builtin_prefetch(in.p + at);
-      __builtin_prefetch(in.rms + at);
-      __builtin_prefetch(in.fac_m + at);
-      for (int k = 0; k < K; ++k) __builtin_prefetch(in.m + k * in.n + at);
+// The new accumulators and every feature of a group. `sink` receives each feature once, as
+// sink.feature(slot, value), and the new accumulators as sink.m(k, value), sink.rms(value),
+// sink.fac_m(value); every call is inlined and every slot a constant, so nothing leaves registers.
+template <bool FULL, class Sink>
+__attribute__((always_inline)) inline void group_features(const Inputs& in, const Group& q, Sink& sink) {
+  const int64_t e = q.e, len = FULL ? GROUP : q.len;
+  const vp g = clamp_keep_nan(load_group(in.g + e, len), in.clip);
+  sink.feature(S_G, g);
+  sink.feature(S_P, load_group(in.p + e, len));
+  const vp r = in.rms_decay * load_group(in.rms + e, len) + (1.0f - in.rms_decay) * (g * g);
+  sink.rms(r);
+  sink.feature(S_RMS, r);
+  const vp inv = inverse_sqrt(r, 1e-8f);
+  sink.feature(S_INV, inv);
+  sink.feature(S_GINV, g * inv);
+  // Loops to the maximum with a guard (not a break), so they unroll and every slot is a constant.
+#pragma GCC unroll 4
+  for (int k = 0; k < MAX_K; ++k) {
+    if (k < in.K) {
+      const vp mk = in.mom[k] * load_group(in.m + k * in.n + e, len) + in.mom_c[k] * g;
+      sink.m(k, mk);
+      sink.feature(S_M + k, mk);
+      sink.feature(S_MINV + k, mk * inv);
     }
   }
-  {
-    const float* __restrict g = in.g + e0;
-    const float* __restrict p = in.p + e0;
-    const float clip = in.clip;
-    for (int64_t i = 0; i < len; ++i) {
-      gc[i] = clamp_keep_nan(g[i], clip);
-      pp[i] = p[i];
+  vp ada{};
+#pragma GCC unroll 4
+  for (int a = 0; a < MAX_A; ++a) {
+    if (a < in.A) {
+      const vp rf = table(in.rowtab, in.rows, a, q.rb, in.row_step, len);
+      const vp cf = table(in.coltab, in.cols, a, q.cb, in.col_step, len);
+      ada = g * rf * cf;
+      sink.feature(S_ADA + a, ada);
     }
   }
-  for (int k = 0; k < K; ++k) {
-    const float* __restrict mk = in.m + k * in.n + e0;
-    const float b = in.mom[k], c = in.mom_c[k];
-    float* __restrict out = t.f[2 + k];
-    for (int64_t i = 0; i < len; ++i) out[i] = b * mk[i] + c * gc[i];
-    t.mn[k] = out;
-  }
-  float* __restrict rn = t.f[2 + K];
-  float* __restrict inv = t.f[3 + 2 * K];
-  float* __restrict ginv = t.f[4 + 2 * K];
-  {
-    const float* __restrict rms = in.rms + e0;
-    const float rb = in.rms_decay, rc = 1.0f - in.rms_decay;
-    for (int64_t i = 0; i < len; ++i) rn[i] = rb * rms[i] + rc * (gc[i] * gc[i]);
-    inverse_sqrt(rn, 1e-8f, inv, len);
-    for (int64_t i = 0; i < len; ++i) ginv[i] = gc[i] * inv[i];
-  }
-  t.rn = rn;
-  for (int k = 0; k < K; ++k) {
-    float* __restrict out = t.f[3 + K + k];
-    const float* __restrict mk = t.mn[k];
-    for (int64_t i = 0; i < len; ++i) out[i] = mk[i] * inv[i];
-  }
-  float rf[TILE], cf[TILE];
-  for (int a = 0; a < A; ++a) {
-    gather(in.rowtab, in.rows, a, rb0, in.row_step, len, rf);
-    gather(in.coltab, in.cols, a, cb0, in.col_step, len, cf);
-    float* __restrict out = t.f[5 + 2 * K + a];
-    for (int64_t i = 0; i < len; ++i) out[i] = gc[i] * rf[i] * cf[i];
-  }
-  float* __restrict fm = t.f[5 + 2 * K + A];
-  {
-    const float* __restrict last_ada = t.f[4 + 2 * K + A];
-    const float* __restrict fac_m = in.fac_m + e0;
-    const float fb = in.fm_decay, fc = 1.0f - in.fm_decay;
-    for (int64_t i = 0; i < len; ++i) fm[i] = fb * fac_m[i] + fc * last_ada[i];
-  }
-  t.fmn = fm;
-  if (in.small_clip) {
-    float* __restrict sc = t.f[6 + 2 * K + A];
-    for (int64_t i = 0; i < len; ++i) sc[i] = clamp_keep_nan(gc[i], 0.1f);
-  }
+  const vp fm = in.fm_decay * load_group(in.fac_m + e, len) + (1.0f - in.fm_decay) * ada;  // last decay's
+  sink.fac_m(fm);
+  sink.feature(S_FM, fm);
+  if (in.small_clip) sink.feature(S_SC, clamp_keep_nan(g, 0.1f));
 }
 
-template <typename Fn>
-void for_each_tile(const Inputs& in, int64_t row_begin, int64_t row_end, Fn&& fn) {
-  Tile t{};  // zeroed: lanes past a short tile's length are read (never stored) by `dense`
+// Calls fn(group) for every group of rows [row_begin, row_end), and fn.flush() every FLUSH
+// coordinates and at the end of each row, prefetching the streams ahead.
+// Inlined, so that the caller's copy of Inputs and its sink stay in registers: nothing outside can
+// see them, and stores into the tensors cannot alias them.
+template <class Fn>
+__attribute__((always_inline)) inline void for_each_group(const Inputs& in, int64_t row_begin, int64_t row_end, Fn& fn) {
   for (int64_t o = row_begin; o < row_end; ++o) {
-    for (int64_t i0 = 0; i0 < in.inner; i0 += TILE) {
-      t.len = std::min(TILE, in.inner - i0);
-      tile_features(in, o, i0, t);
-      fn(o, i0, t);
-    }
-  }
-}
-
-// Σ fn(x_i) over a tile; `omp simd reduction` lets the compiler reorder (and so vectorize) the sum.
-template <typename Fn>
-inline float sum_of(const float* x, int64_t len, Fn fn) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < len; ++i) s += fn(x[i]);
-  return s;
-}
-
-using Vec = at::vec::Vectorized<float>;
-
-
-// GCC/Clang vector of 8 floats (one AVX2 register, two SSE ones), and its unaligned-load twin: plain
-// arrays of these stay in registers where at::vec::Vectorized arrays get spilled.
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4)));
-inline v8 load8(const float* p) { return *reinterpret_cast<const v8u*>(p); }
-inline void store8(float* p, v8 x) { *reinterpret_cast<v8u*>(p) = x; }
-
-// NB outputs of a dense layer for VB vectors of 8 coordinates. NB and VB are constants, so the NB·VB
-// accumulators stay in registers while the inputs stream past, and NB·VB independent FMA chains hide
-// the FMA latency. Tile arrays are read and written in whole vectors (lanes past the tile's length
-// hold stale, finite values that are never stored to a tensor).
-template <int NB, int VB>
-inline void dense_block(const float* const* x, int fan_in, const float* W, int fan_out, int j0, const float* b,
-                        float out[][TILE], int64_t i, bool relu_inputs, bool accumulate) {
-  v8 acc[VB][NB];
-#pragma GCC unroll 8
-  for (int u = 0; u < VB; ++u)
-#pragma GCC unroll 8
-    for (int jj = 0; jj < NB; ++jj) acc[u][jj] = accumulate ? load8(out[j0 + jj] + i + 8 * u) : v8{} + (b ? b[j0 + jj] : 0.0f);
-  for (int f = 0; f < fan_in; ++f) {
-    v8 v[VB];
-#pragma GCC unroll 8
-    for (int u = 0; u < VB; ++u) {
-      v[u] = load8(x[f] + i + 8 * u);
-      if (relu_inputs) v[u] = v[u] < 0.0f ? v8{} : v[u];  // NaN stays NaN, as torch.relu
-    }
-    const float* w = W + f * fan_out + j0;
-#pragma GCC unroll 8
-    for (int jj = 0; jj < NB; ++jj) {
-      const float wj = w[jj];
-#pragma GCC unroll 8
-      for (int u = 0; u < VB; ++u) acc[u][jj] += wj * v[u];
-    }
-  }
-#pragma GCC unroll 8
-  for (int u = 0; u < VB; ++u)
-#pragma GCC unroll 8
-    for (int jj = 0; jj < NB; ++jj) store8(out[j0 + jj] + i + 8 * u, acc[u][jj]);
-}
-
-template <int NB>
-inline void dense_outputs(const float* const* x, int fan_in, const float* W, int fan_out, int j0, const float* b,
-                          float out[][TILE], int64_t len, bool relu_inputs, bool accumulate) {
-  constexpr int VB = NB <= 2 ? 4 : (NB <= 4 ? 2 : 1);
-  constexpr int64_t STEP = VB * 8;
-  static_assert(TILE % STEP == 0, "TILE must be a multiple of the vector block");
-  for (int64_t i = 0; i < len; i += STEP) dense_block<NB, VB>(x, fan_in, W, fan_out, j0, b, out, i, relu_inputs, accumulate);
-}
-
-// out[j] (+)= Σ_f x_f·W[f, j] (+ b[j]) over a tile, ReLU on the inputs if asked; outputs in blocks of 8.
-void dense(const float* const* x, int fan_in, const float* W, const float* b, int fan_out, float out[][TILE],
-           int64_t len, bool relu_inputs, bool accumulate) {
-  for (int j0 = 0; j0 < fan_out; j0 += 8) {
-    switch (std::min(8, fan_out - j0)) {
-#define L2O_BLOCK(NB) \
-  case NB:            \
-    dense_outputs<NB>(x, fan_in, W, fan_out, j0, b, out, len, relu_inputs, accumulate); \
-    break;
-      L2O_BLOCK(1) L2O_BLOCK(2) L2O_BLOCK(3) L2O_BLOCK(4) L2O_BLOCK(5) L2O_BLOCK(6) L2O_BLOCK(7) L2O_BLOCK(8)
-#undef L2O_BLOCK
+    for (int64_t i0 = 0; i0 < in.inner; i0 += FLUSH) {
+      const int64_t i1 = std::min(in.inner, i0 + FLUSH);
+      for (int64_t i = i0; i < i1; i += GROUP) {
+        const int64_t e = o * in.inner + i;
+        // The hardware prefetcher alone does not keep K+4 interleaved streams in flight.
+        if (e + PREFETCH < in.n) {  // about once per 64-byte line
+          __builtin_prefetch(in.g + e + PREFETCH);
+          __builtin_prefetch(in.p + e + PREFETCH);
+          __builtin_prefetch(in.rms + e + PREFETCH);
+          __builtin_prefetch(in.fac_m + e + PREFETCH);
+          for (int k = 0; k < in.K; ++k) __builtin_prefetch(in.m + k * in.n + e + PREFETCH);
+        }
+        const Group q{e, in.row_base[o] + i * in.row_step, in.col_base[o] + i * in.col_step, std::min<int64_t>(GROUP, in.inner - i)};
+        fn(q);
+      }
+      fn.flush();
     }
   }
 }
 
 int64_t rows_per_chunk(const Inputs& in) { return std::max<int64_t>(1, CHUNK / in.inner); }
 
-}  // namespace
+// The sum of x's lanes, in double; x is reset to zero.
+inline double take_sum(vf& x) {
+  double s = 0;
+  for (int l = 0; l < W; ++l) s += x[l];
+  x = vf{};
+  return s;
+}
+inline double take_sum(vp& x) {
+  double s = 0;
+  for (int i = 0; i < NV; ++i) s += take_sum(x.v[i]);
+  return s;
+}
+
+// feature_sums' per-chunk accumulation: float vector sums per slot, moved to double every FLUSH
+// coordinates (float alone would lose digits over a million coordinates).
+struct SumSink {
+  const Inputs& in;
+  bool stats;
+  vp sq[N_SLOTS] = {};
+  vp abs_g{}, abs_m[MAX_K] = {}, sqrt_rms{};
+  double total[N_SLOTS] = {}, total_abs_g = 0, total_abs_m[MAX_K] = {}, total_sqrt_rms = 0;
+
+  // What group_features calls; PARTIAL (a row's last group) zeroes the lanes past its length first.
+  template <bool PARTIAL>
+  struct View {
+    SumSink& s;
+    vp mask;
+    __attribute__((always_inline)) inline vp valid(vp x) const { return PARTIAL ? keep_lanes(x, mask) : x; }
+    __attribute__((always_inline)) inline void feature(int slot, vp x) {
+      x = valid(x);
+      s.sq[slot] += x * x;
+      if (slot == S_G && s.stats) s.abs_g += absolute(x);
+    }
+    __attribute__((always_inline)) inline void m(int k, vp x) {
+      if (s.stats) s.abs_m[k] += absolute(valid(x));
+    }
+    __attribute__((always_inline)) inline void rms(vp x) {
+      if (s.stats) s.sqrt_rms += square_root(valid(x));
+    }
+    __attribute__((always_inline)) inline void fac_m(vp) {}
+  };
+
+  __attribute__((always_inline)) inline void operator()(const Group& q) {
+    if (q.len == GROUP) {
+      View<false> view{*this, vp{}};
+      group_features<true>(in, q, view);
+    } else {
+      View<true> view{*this, lane_mask(q.len)};
+      group_features<false>(in, q, view);
+    }
+  }
+
+  void flush() {
+    for (int s = 0; s < N_SLOTS; ++s) total[s] += take_sum(sq[s]);
+    total_abs_g += take_sum(abs_g);
+    for (int k = 0; k < MAX_K; ++k) total_abs_m[k] += take_sum(abs_m[k]);
+    total_sqrt_rms += take_sum(sqrt_rms);
+  }
+};
 
 // Per-chunk sums (chunks, n_full + K + 2), in double: Σf² of each full feature, then (if `stats`;
 // zeros otherwise) Σ|g|, Σ|m_k|, Σsqrt(rms), VeLO's tensor statistics. The caller sums the chunks in
 // a fixed order, so results do not depend on the number of threads.
-torch::Tensor feature_sums(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms, torch::Tensor fac_m,
-                           torch::Tensor rowtab, torch::Tensor coltab, torch::Tensor row_base,
-                           torch::Tensor col_base, int64_t row_step, int64_t col_step, std::vector<double> decays,
-                           int64_t n_ada, double clip, bool small_clip, bool stats) {
-  Inputs in = make_inputs(p, g, m, rms, fac_m, rowtab, coltab, row_base, col_base, row_step, col_step, decays, n_ada,
-                          clip, small_clip);
+torch::Tensor feature_sums(const Inputs& in, bool stats) {
   const int64_t per = rows_per_chunk(in);
   const int64_t chunks = (in.outer + per - 1) / per;
   const int width = in.n_full + in.K + 2;
@@ -324,147 +477,362 @@ torch::Tensor feature_sums(torch::Tensor p, torch::Tensor g, torch::Tensor m, to
   double* acc = out.data_ptr<double>();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
+      const Inputs local = in;
+      SumSink sink{local, stats};
+      for_each_group(local, c * per, std::min(in.outer, (c + 1) * per), sink);
       double* row = acc + c * width;
-      for_each_tile(in, c * per, std::min(in.outer, (c + 1) * per), [&](int64_t, int64_t, const Tile& t) {
-        for (int j = 0; j < in.n_full; ++j) row[j] += sum_of(t.f[j], t.len, [](float x) { return x * x; });
-        if (!stats) return;
-        auto absolute = [](float x) { return std::fabs(x); };
-        row[in.n_full] += sum_of(t.f[0], t.len, absolute);
-        for (int k = 0; k < in.K; ++k) row[in.n_full + 1 + k] += sum_of(t.mn[k], t.len, absolute);
-        row[in.n_full + 1 + in.K] += sum_of(t.rn, t.len, [](float x) { return std::sqrt(x); });
-      });
+      for (int s = 0; s < N_SLOTS; ++s)
+        if (in.feature_of[s] >= 0) row[in.feature_of[s]] = sink.total[s];
+      if (stats) {
+        row[in.n_full] = sink.total_abs_g;
+        for (int k = 0; k < in.K; ++k) row[in.n_full + 1 + k] = sink.total_abs_m[k];
+        row[in.n_full + 1 + in.K] = sink.total_sqrt_rms;
+      }
     }
   });
-  return out;
+  auto total = torch::zeros({width}, torch::kFloat64);  // chunks added in order: thread-independent
+  double* sum = total.data_ptr<double>();
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int j = 0; j < width; ++j) sum[j] += acc[c * width + j];
+  return total;
 }
 
-// One step, in place. `weights`/`biases`: the MLP after its first layer's row/column/bias part
-// (w0: (n_full, H) with the RMS normalization folded in; the tables' columns after the A factors
-// hold each row's/column's first-layer contribution, bias included), then hidden layers and the
-// (H, 2) output layer. update = scale·d + adam_lr·m̂₀/(sqrt(v̂)+eps); p ← p - exp(exp_mult·μ)·update.
-void apply_update(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms, torch::Tensor fac_m,
-                  torch::Tensor rowtab, torch::Tensor coltab, torch::Tensor row_base, torch::Tensor col_base,
-                  int64_t row_step, int64_t col_step, std::vector<double> decays, int64_t n_ada, double clip,
-                  bool small_clip, std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases,
-                  double scale, double exp_mult, double adam_lr, double bias_c1, double bias_c2, double eps) {
-  Inputs in = make_inputs(p, g, m, rms, fac_m, rowtab, coltab, row_base, col_base, row_step, col_step, decays, n_ada,
-                          clip, small_clip);
-  const int n_layers = static_cast<int>(weights.size());
-  TORCH_CHECK(n_layers >= 2 && static_cast<int>(biases.size()) == n_layers - 1, "fused: bad MLP layers");
-  std::vector<const float*> W, B;
-  std::vector<int> fan_in, fan_out;
-  for (int l = 0; l < n_layers; ++l) {
-    TORCH_CHECK(weights[l].is_contiguous() && weights[l].dim() == 2 && weights[l].scalar_type() == torch::kFloat32,
-                "fused: MLP weights must be contiguous 2-D float32");
-    W.push_back(weights[l].data_ptr<float>());
-    fan_in.push_back(weights[l].size(0));
-    fan_out.push_back(weights[l].size(1));
-    TORCH_CHECK(fan_out[l] <= MAX_H, "fused: MLP too wide");
-    if (l > 0) B.push_back(biases[l - 1].contiguous().data_ptr<float>());
+// The per-parameter MLP after its first layer's row/column/bias part, hidden width padded to HB,
+// every weight and bias pre-broadcast to a whole group (`splat`), so each multiply-add takes its
+// weight straight from L1 as a memory operand instead of a broadcast + multiply-add pair.
+struct Mlp {
+  int HB = 0;
+  std::vector<vf> w0;      // (N_SLOTS, HB): each slot's first-layer row, normalization folded in
+  std::vector<vf> hidden;  // per hidden layer after the first: (HB, HB) weights, then (HB,) biases
+  std::vector<vf> out;     // (HB, 2) weights, then the 2 biases
+  int n_hidden = 0;
+  int active[N_SLOTS], n_active = 0;  // the slots in use (wide MLPs loop over them)
+  float scale, exp_mult, adam_lr, bias_c1, bias_c2, eps;
+
+  const vf* first(int slot) const { return w0.data() + slot * HB; }
+  const vf* layer(int l) const { return hidden.data() + l * (HB * HB + HB); }
+};
+
+// out[j] += Σ_i x_i·w[i·HB + j] (ReLU on the inputs if asked) for j < HB, over `n_in` inputs
+// `x[at[i]]` (at = nullptr: i itself). Small widths keep all HB sums in registers; wide ones go in
+// blocks of BLOCK outputs, each block's sums in registers while every input passes once.
+template <int HB, bool RELU>
+__attribute__((always_inline)) inline void dense(const vp* x, const int* at, int n_in, const vf* w, vp* out) {
+  constexpr int BLOCK = HB < 4 ? HB : 4;
+  for (int j0 = 0; j0 < HB; j0 += BLOCK) {
+    vp acc[BLOCK];
+#pragma GCC unroll 4
+    for (int jj = 0; jj < BLOCK; ++jj) acc[jj] = out[j0 + jj];
+    for (int i = 0; i < n_in; ++i) {
+      const int from = at ? at[i] : i;
+      const vp v = RELU ? relu(x[from]) : x[from];
+      const vf* wi = w + from * HB + j0;
+#pragma GCC unroll 4
+      for (int jj = 0; jj < BLOCK; ++jj) acc[jj] += wi[jj] * v;
+    }
+#pragma GCC unroll 4
+    for (int jj = 0; jj < BLOCK; ++jj) out[j0 + jj] = acc[jj];
   }
-  TORCH_CHECK(fan_in[0] == in.n_full && fan_out.back() == 2, "fused: MLP shape does not match the features");
-  TORCH_CHECK(in.row_width == in.A + fan_out[0] && in.col_width == in.A + fan_out[0], "fused: bad tables");
-  const float fscale = static_cast<float>(scale), fexp = static_cast<float>(exp_mult);
-  const float flr = static_cast<float>(adam_lr), fc1 = static_cast<float>(bias_c1);
-  const float fc2 = static_cast<float>(bias_c2), feps = static_cast<float>(eps);
+}
+
+// apply_update's per-group work. Up to STREAM hidden units, each feature goes straight into all of
+// them the moment it is computed; wider MLPs keep the features and run the first layer in blocks.
+// The new accumulators go straight to memory (their old values were read just before).
+template <int HB>
+struct ApplySink {
+  static constexpr int STREAM = 8;
+  const Inputs& in;
+  const Mlp& net;
+  Group q;
+  int64_t len;  // q.len, or the constant GROUP in a full group
+  vp h[HB];
+  vp feats[HB > STREAM ? N_SLOTS : 1];
+  vp p_old, m0, r;
+
+  __attribute__((always_inline)) inline void feature(int slot, vp x) {
+    if (slot == S_P) p_old = x;
+    if constexpr (HB > STREAM) {
+      feats[slot] = x;
+    } else {
+      const vf* w = net.first(slot);
+#pragma GCC unroll 8
+      for (int j = 0; j < HB; ++j) h[j] += w[j] * x;
+    }
+  }
+  __attribute__((always_inline)) inline void m(int k, vp x) {
+    if (k == 0) m0 = x;
+    store_group(in.m + k * in.n + q.e, x, len);
+  }
+  __attribute__((always_inline)) inline void rms(vp x) {
+    r = x;
+    store_group(in.rms + q.e, x, len);
+  }
+  __attribute__((always_inline)) inline void fac_m(vp x) { store_group(in.fac_m + q.e, x, len); }
+
+  template <bool FULL>
+  __attribute__((always_inline)) inline void run(const Group& group) {
+    q = group;
+    len = FULL ? GROUP : q.len;
+#pragma GCC unroll 8
+    for (int j = 0; j < HB; ++j) {  // the row/column part of the first layer, its bias included
+      h[j] = table(in.rowtab, in.rows, in.A + j, q.rb, in.row_step, len) +
+             table(in.coltab, in.cols, in.A + j, q.cb, in.col_step, len);
+    }
+    group_features<FULL>(in, q, *this);
+    if constexpr (HB > STREAM) dense<HB, false>(feats, net.active, net.n_active, net.w0.data(), h);
+    for (int l = 0; l < net.n_hidden; ++l) {
+      const vf* w = net.layer(l);
+      vp next[HB];
+#pragma GCC unroll 8
+      for (int j = 0; j < HB; ++j) next[j] = pack(w[HB * HB + j]);  // the biases
+      dense<HB, true>(h, nullptr, HB, w, next);
+#pragma GCC unroll 8
+      for (int j = 0; j < HB; ++j) h[j] = next[j];
+    }
+    const vf* w = net.out.data();
+    vp d = pack(w[2 * HB]), mu = pack(w[2 * HB + 1]);
+#pragma GCC unroll 8
+    for (int i = 0; i < HB; ++i) {
+      const vp x = relu(h[i]);
+      d += w[2 * i] * x;
+      mu += w[2 * i + 1] * x;
+    }
+    vp update = net.scale * d;
+    if (net.adam_lr != 0.0f) update += net.adam_lr * (m0 / net.bias_c1) / (square_root(r / net.bias_c2) + net.eps);
+    store_group(in.p + q.e, p_old - exponential(net.exp_mult * mu) * update, len);
+  }
+  __attribute__((always_inline)) inline void operator()(const Group& group) {
+    if (group.len == GROUP)
+      run<true>(group);
+    else
+      run<false>(group);
+  }
+  void flush() {}
+};
+
+template <int HB>
+void apply_rows(const Inputs& shared_in, const Mlp& shared_net, int64_t row_begin, int64_t row_end) {
+  const Inputs in = shared_in;
+  const Mlp net = shared_net;
+  ApplySink<HB> sink{in, net};
+  for_each_group(in, row_begin, row_end, sink);
+}
+
+// One step, in place: the features again, the MLP, the update; writes p and the accumulators.
+void apply_update(const Inputs& in, const Mlp& net) {
   const int64_t per = rows_per_chunk(in);
   const int64_t chunks = (in.outer + per - 1) / per;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    float h[MAX_H][TILE] = {}, h2[MAX_H][TILE] = {};
-    for (int64_t c = c0; c < c1; ++c) {
-      for_each_tile(in, c * per, std::min(in.outer, (c + 1) * per), [&](int64_t o, int64_t i0, Tile& t) {
-        const int64_t len = t.len;
-        const int H0 = fan_out[0];
-        const int64_t rb0 = in.row_base[o] + i0 * in.row_step, cb0 = in.col_base[o] + i0 * in.col_step;
-        for (int j = 0; j < H0; ++j) {
-          gather(in.rowtab, in.rows, in.A + j, rb0, in.row_step, len, h[j]);
-          gather(in.coltab, in.cols, in.A + j, cb0, in.col_step, len, h2[j]);
-          for (int64_t i = 0; i < len; ++i) h[j][i] += h2[j][i];
-        }
-        const float* feats[MAX_FULL];
-        for (int f = 0; f < in.n_full; ++f) feats[f] = t.f[f];
-        dense(feats, in.n_full, W[0], nullptr, H0, h, len, false, true);
-        float(*cur)[TILE] = h;
-        float(*nxt)[TILE] = h2;
-        for (int l = 1; l < n_layers; ++l) {
-          const float* prev[MAX_H];
-          for (int j = 0; j < fan_in[l]; ++j) prev[j] = cur[j];
-          dense(prev, fan_in[l], W[l], B[l - 1], fan_out[l], nxt, len, true, false);
-          std::swap(cur, nxt);
-        }
-        // cur[0] = d, cur[1] = μ; nxt is free scratch now.
-        {
-          float* __restrict mult = nxt[0];
-          float* __restrict upd = nxt[1];
-          const float* __restrict d = cur[0];
-          const float* __restrict mu = cur[1];
-          const float* __restrict m0 = t.mn[0];
-          const float* __restrict rn = t.rn;
-          const float sc = fscale, ex = fexp, lr = flr, c1 = fc1, c2 = fc2, ep = feps;
-          for (int64_t i = 0; i < len; ++i) mult[i] = ex * mu[i];
-          for (int64_t i = 0; i < len; i += Vec::size()) {
-            const int64_t cnt = std::min<int64_t>(Vec::size(), len - i);
-            Vec::loadu(mult + i, cnt).exp().store(mult + i, cnt);
-          }
-          for (int64_t i = 0; i < len; ++i) upd[i] = sc * d[i];
-          if (lr != 0.0f)
-            for (int64_t i = 0; i < len; ++i) upd[i] += lr * (m0[i] / c1) / (std::sqrt(rn[i] / c2) + ep);
-          const int64_t e0 = o * in.inner + i0;
-          float* __restrict p = in.p + e0;
-          float* __restrict rms = in.rms + e0;
-          float* __restrict fac_m = in.fac_m + e0;
-          const float* __restrict p_old = t.f[1];
-          const float* __restrict fmn = t.fmn;
-          float* __restrict pn = nxt[2];
-          for (int64_t i = 0; i < len; ++i) pn[i] = p_old[i] - mult[i] * upd[i];
-          std::copy(pn, pn + len, p);
-          std::copy(rn, rn + len, rms);
-          std::copy(fmn, fmn + len, fac_m);
-        }
-        for (int k = 0; k < in.K; ++k) std::copy(t.mn[k], t.mn[k] + len, in.m + k * in.n + o * in.inner + i0);
-      });
+    const int64_t r0 = c0 * per, r1 = std::min(in.outer, c1 * per);
+    switch (net.HB) {
+#define L2O_WIDTH(HB) \
+  case HB:            \
+    apply_rows<HB>(in, net, r0, r1); \
+    break;
+      L2O_WIDTH(2) L2O_WIDTH(4) L2O_WIDTH(8) L2O_WIDTH(16) L2O_WIDTH(32) L2O_WIDTH(64)
+#undef L2O_WIDTH
+      default:
+        TORCH_CHECK(false, "fused: hidden width must be padded to 2, 4, ..., ", MAX_H);
     }
   });
 }
 
 // Adafactor's first pass: Σ over the factored-out dimension of clip(g)² + eps, for the row and the
 // column accumulators ((rows,) and (cols,) in their flattened layouts). Serial: it only reads g.
-std::vector<torch::Tensor> factor_sums(torch::Tensor g, torch::Tensor row_base, torch::Tensor col_base,
-                                       int64_t row_step, int64_t col_step, int64_t rows, int64_t cols,
-                                       double clip, double eps) {
-  TORCH_CHECK(g.is_contiguous() && g.scalar_type() == torch::kFloat32 && g.device().is_cpu(),
-              "fused: g must be contiguous float32 on CPU");
-  const int64_t outer = row_base.numel(), inner = g.numel() / outer;
-  auto row_sums = torch::zeros({rows}, torch::kFloat32), col_sums = torch::zeros({cols}, torch::kFloat32);
-  const float* gp = g.data_ptr<float>();
-  const int64_t *rb = row_base.data_ptr<int64_t>(), *cb = col_base.data_ptr<int64_t>();
-  float *rs = row_sums.data_ptr<float>(), *cs = col_sums.data_ptr<float>();
-  const float fclip = static_cast<float>(clip), feps = static_cast<float>(eps);
-  float sq[TILE];
+void factor_sums(const float* gp, const int64_t* rb, const int64_t* cb, int64_t outer, int64_t inner,
+                 int64_t row_step, int64_t col_step, float clip, float eps, float* rs, float* cs) {
   for (int64_t o = 0; o < outer; ++o) {
-    for (int64_t i0 = 0; i0 < inner; i0 += TILE) {
-      const int64_t len = std::min(TILE, inner - i0);
-      const float* src = gp + o * inner + i0;
-      for (int64_t i = 0; i < len; ++i) {
-        const float gi = src[i] > fclip ? fclip : (src[i] < -fclip ? -fclip : src[i]);
-        sq[i] = gi * gi + feps;
-      }
-      for (auto [sums, base, step] : {std::tuple{rs, rb[o] + i0 * row_step, row_step},
-                                      std::tuple{cs, cb[o] + i0 * col_step, col_step}}) {
-        if (step == 0) {
-          sums[base] += sum_of(sq, len, [](float x) { return x; });
-        } else {
-          float* dst = sums + base;
-          for (int64_t i = 0; i < len; ++i) dst[i] += sq[i];
-        }
+    vf along_row{}, along_col{};  // the sums of a factor whose step is 0 (constant along the row)
+    for (int64_t i = 0; i < inner; i += W) {
+      const int64_t len = std::min<int64_t>(W, inner - i);
+      const vf gi = clamp_keep_nan(load_n(gp + o * inner + i, len), clip);
+      vf sq = gi * gi + eps;
+      if (len < W) sq = first_lanes(sq, len);
+      if (row_step == 0)
+        along_row += sq;
+      else
+        store_n(rs + rb[o] + i, load_n(rs + rb[o] + i, len) + sq, len);
+      if (col_step == 0)
+        along_col += sq;
+      else
+        store_n(cs + cb[o] + i, load_n(cs + cb[o] + i, len) + sq, len);
+    }
+    if (row_step == 0) rs[rb[o]] += take_sum(along_row);
+    if (col_step == 0) cs[cb[o]] += take_sum(along_col);
+  }
+}
+
+int64_t power_of_two_width(int64_t hidden) {
+  int64_t width = 2;
+  while (width < hidden) width *= 2;
+  return width;
+}
+
+torch::Tensor float32(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.device().is_cpu(), "fused: ", what, " must be float32 on CPU");
+  return t.contiguous();
+}
+
+}  // namespace
+
+// First pass over one tensor: its new Adafactor accumulators and factors and its feature statistics
+// (nothing written in place). Returns [fac_row, fac_col (the new accumulators, shaped as the old),
+// row_factor (A, rows), col_factor (A, cols), summary], where summary (float32) holds the mean squares
+// of the n_full per-coordinate features, of the A row and the A column factors, then (if `stats`)
+// mean |g|, mean |m_k| (K), mean sqrt(rms). `d_row`: the dimension of fac_row[a] that Adafactor's
+// reconstruction averages over (v̂ = row·col/mean(row)).
+std::vector<torch::Tensor> plan_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms,
+                                       torch::Tensor fac_m, torch::Tensor fac_row, torch::Tensor fac_col,
+                                       torch::Tensor row_base, torch::Tensor col_base, int64_t row_step,
+                                       int64_t col_step, int64_t d_row, std::vector<double> decays,
+                                       std::vector<double> ada_decays, double clip, double ada_eps, bool small_clip,
+                                       bool stats) {
+  g = float32(g, "g");
+  fac_row = float32(fac_row, "fac_row");
+  fac_col = float32(fac_col, "fac_col");
+  const int64_t A = static_cast<int64_t>(ada_decays.size()), n = p.numel();
+  TORCH_CHECK(A >= 1 && A <= MAX_A && fac_row.size(0) == A && fac_col.size(0) == A, "fused: bad Adafactor decays");
+  const int64_t rows = fac_row.numel() / A, cols = fac_col.numel() / A, outer = row_base.numel();
+  auto row_sums = torch::zeros({rows}, torch::kFloat32), col_sums = torch::zeros({cols}, torch::kFloat32);
+  factor_sums(g.data_ptr<float>(), row_base.data_ptr<int64_t>(), col_base.data_ptr<int64_t>(), outer, n / outer,
+              row_step, col_step, static_cast<float>(clip), static_cast<float>(ada_eps), row_sums.data_ptr<float>(),
+              col_sums.data_ptr<float>());
+
+  // The accumulators' EMAs of the means, and the factors rsqrt(row/mean over d_row of row), rsqrt(col).
+  auto new_row = torch::empty_like(fac_row), new_col = torch::empty_like(fac_col);
+  auto row_factor = torch::empty({A, rows}, torch::kFloat32), col_factor = torch::empty({A, cols}, torch::kFloat32);
+  const float per_row = static_cast<float>(n / rows), per_col = static_cast<float>(n / cols);
+  const int64_t along = fac_row.size(d_row + 1), stride = fac_row.stride(d_row + 1);
+  std::vector<double> mean(rows / along);
+  for (int64_t a = 0; a < A; ++a) {
+    const float beta = static_cast<float>(ada_decays[a]), keep = 1.0f - beta;
+    const float *old_r = fac_row.data_ptr<float>() + a * rows, *old_c = fac_col.data_ptr<float>() + a * cols;
+    float *nr = new_row.data_ptr<float>() + a * rows, *nc = new_col.data_ptr<float>() + a * cols;
+    float *rf = row_factor.data_ptr<float>() + a * rows, *cf = col_factor.data_ptr<float>() + a * cols;
+    const float *rs = row_sums.data_ptr<float>(), *cs = col_sums.data_ptr<float>();
+    std::fill(mean.begin(), mean.end(), 0.0);
+    const auto batch = [&](int64_t e) { return (e / (stride * along)) * stride + e % stride; };
+    for (int64_t e = 0; e < rows; ++e) {
+      nr[e] = beta * old_r[e] + keep * (rs[e] / per_row);
+      mean[batch(e)] += nr[e];
+    }
+    for (int64_t e = 0; e < rows; ++e) rf[e] = 1.0f / std::sqrt(nr[e] / static_cast<float>(mean[batch(e)] / along));
+    for (int64_t e = 0; e < cols; ++e) {
+      nc[e] = beta * old_c[e] + keep * (cs[e] / per_col);
+      cf[e] = 1.0f / std::sqrt(nc[e]);
+    }
+  }
+
+  const Inputs in = make_inputs(p, g, m, rms, fac_m, row_factor, col_factor, row_base, col_base, row_step, col_step,
+                                decays, A, clip, small_clip);
+  const auto sums = feature_sums(in, stats);
+  const double* s = sums.data_ptr<double>();
+  const int64_t K = in.K, n_full = in.n_full;
+  auto summary = torch::zeros({n_full + 2 * A + K + 2}, torch::kFloat32);
+  float* out = summary.data_ptr<float>();
+  for (int64_t f = 0; f < n_full; ++f) out[f] = static_cast<float>(s[f] / n);
+  const float *rf = row_factor.data_ptr<float>(), *cf = col_factor.data_ptr<float>();
+  for (int64_t a = 0; a < A; ++a) {
+    double r2 = 0, c2 = 0;
+    for (int64_t e = 0; e < rows; ++e) r2 += double(rf[a * rows + e]) * rf[a * rows + e];
+    for (int64_t e = 0; e < cols; ++e) c2 += double(cf[a * cols + e]) * cf[a * cols + e];
+    out[n_full + a] = static_cast<float>(r2 / rows);
+    out[n_full + A + a] = static_cast<float>(c2 / cols);
+  }
+  for (int64_t j = 0; j < K + 2; ++j) out[n_full + 2 * A + j] = static_cast<float>(s[n_full + j] / n);
+  return {new_row, new_col, row_factor, col_factor, summary};
+}
+
+// Second pass over one tensor, in place: p ← p - exp(exp_mult·μ)·(scale·d + adam_lr·m̂₀/(sqrt(v̂)+eps))
+// and the accumulators. `weights`/`biases`: the per-parameter MLP, its first layer (F, H) over the
+// features in FeatureSet.names() order with the time features already in its bias; `full`, `row`,
+// `col`: where the per-coordinate features, the row factors and the column factors are in that
+// order. The RMS normalization (from plan_tensor's summary) is folded into the first layer, whose
+// row/column part and bias become per-row and per-column tables; the hidden width is padded with
+// zero units (which stay zero through ReLU) to the power of two the kernel is compiled for.
+void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms, torch::Tensor fac_m,
+                  torch::Tensor row_factor, torch::Tensor col_factor, torch::Tensor row_base, torch::Tensor col_base,
+                  int64_t row_step, int64_t col_step, std::vector<double> decays, double clip, bool small_clip,
+                  torch::Tensor summary, std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases,
+                  std::vector<int64_t> full, std::vector<int64_t> row, std::vector<int64_t> col, double norm_eps,
+                  double scale, double exp_mult, double adam_lr, double bias_c1, double bias_c2, double eps) {
+  const int64_t A = row_factor.size(0), rows = row_factor.size(1), cols = col_factor.size(1);
+  const int n_layers = static_cast<int>(weights.size());
+  TORCH_CHECK(n_layers >= 2 && biases.size() == weights.size(), "fused: bad MLP layers");
+  for (int l = 0; l < n_layers; ++l) {
+    weights[l] = float32(weights[l], "MLP weights");
+    biases[l] = float32(biases[l], "MLP biases");
+    TORCH_CHECK(weights[l].dim() == 2 && weights[l].size(1) == biases[l].numel(), "fused: bad MLP layer shapes");
+  }
+  const int64_t H = weights[0].size(1), HB = power_of_two_width(H);
+  TORCH_CHECK(HB <= MAX_H, "fused: the kernel handles MLPs up to ", MAX_H, " hidden units");
+  TORCH_CHECK(weights[0].size(0) == static_cast<int64_t>(full.size() + row.size() + col.size()) &&
+                  static_cast<int64_t>(row.size()) == A && static_cast<int64_t>(col.size()) == A,
+              "fused: the first layer does not match the features");
+  for (int l = 1; l < n_layers; ++l)
+    TORCH_CHECK(weights[l].size(0) == H && weights[l].size(1) == (l + 1 < n_layers ? H : 2),
+                "fused: hidden layers must be (H, H) and the output layer (H, 2)");
+  const int64_t n_full = static_cast<int64_t>(full.size());
+  const float* ms = summary.data_ptr<float>();
+  const float* w0 = weights[0].data_ptr<float>();
+  const float* b0 = biases[0].data_ptr<float>();
+  const auto normalizer = [&](int64_t at) { return 1.0f / std::sqrt(ms[at] + static_cast<float>(norm_eps)); };
+
+  // Tables (A + HB, rows|cols): the A factors, then each hidden unit's row (+ bias) / column part.
+  auto rowtab = torch::zeros({A + HB, rows}, torch::kFloat32), coltab = torch::zeros({A + HB, cols}, torch::kFloat32);
+  for (auto [tab, factor, index, count, offset, bias] :
+       {std::tuple{rowtab, row_factor, &row, rows, n_full, b0}, std::tuple{coltab, col_factor, &col, cols, n_full + A, static_cast<const float*>(nullptr)}}) {
+    float* t = tab.data_ptr<float>();
+    const float* f = factor.data_ptr<float>();
+    std::copy(f, f + A * count, t);
+    for (int64_t j = 0; j < H; ++j) {
+      float* part = t + (A + j) * count;
+      for (int64_t e = 0; e < count; ++e) part[e] = bias ? bias[j] : 0.0f;
+      for (int64_t a = 0; a < A; ++a) {
+        const float w = w0[(*index)[a] * H + j] * normalizer(offset + a);
+        for (int64_t e = 0; e < count; ++e) part[e] += w * f[a * count + e];
       }
     }
   }
-  return {row_sums, col_sums};
+
+  const Inputs in = make_inputs(p, g, m, rms, fac_m, rowtab, coltab, row_base, col_base, row_step, col_step, decays,
+                                A, clip, small_clip);
+  TORCH_CHECK(in.n_full == n_full, "fused: the feature indices do not match the decays");
+  Mlp net;
+  net.HB = static_cast<int>(HB);
+  net.w0.assign(N_SLOTS * HB, vf{});
+  for (int s = 0; s < N_SLOTS; ++s) {
+    const int f = in.feature_of[s];
+    if (f < 0) continue;
+    net.active[net.n_active++] = s;
+    const float norm = normalizer(f);
+    for (int64_t j = 0; j < H; ++j) net.w0[s * HB + j] = splat(w0[full[f] * H + j] * norm);
+  }
+  // A layer (H, out) + (out,) appended to `to` as (HB, out_padded) + (out_padded,), zero-padded.
+  const auto append_padded = [&](std::vector<vf>& to, const torch::Tensor& w, const torch::Tensor& b, int64_t out,
+                                 int64_t out_padded) {
+    const float *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
+    const size_t start = to.size();
+    to.resize(start + HB * out_padded + out_padded, vf{});
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < out; ++j) to[start + i * out_padded + j] = splat(wp[i * out + j]);
+    for (int64_t j = 0; j < out; ++j) to[start + HB * out_padded + j] = splat(bp[j]);
+  };
+  for (int l = 1; l + 1 < n_layers; ++l) {
+    append_padded(net.hidden, weights[l], biases[l], H, HB);
+    ++net.n_hidden;
+  }
+  append_padded(net.out, weights.back(), biases.back(), 2, 2);
+  net.scale = static_cast<float>(scale);
+  net.exp_mult = static_cast<float>(exp_mult);
+  net.adam_lr = static_cast<float>(adam_lr);
+  net.bias_c1 = static_cast<float>(bias_c1);
+  net.bias_c2 = static_cast<float>(bias_c2);
+  net.eps = static_cast<float>(eps);
+  apply_update(in, net);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("factor_sums", &factor_sums, "Adafactor row/column sums of clip(g)^2 + eps");
-  module.def("feature_sums", &feature_sums, "Per-chunk feature sums of one tensor (no writes)");
-  module.def("apply_update", &apply_update, "One fused per-parameter-MLP step, in place");
+  module.def("plan_tensor", &plan_tensor, "First pass: Adafactor factors and feature statistics of one tensor");
+  module.def("apply_tensor", &apply_tensor, "Second pass: one fused per-parameter-MLP step of one tensor, in place");
 }
