@@ -15,6 +15,10 @@ a 1024² product with the same threads. The 1e4 → 1e6 scaling column is t(1e6)
     python benchmarks/step_overhead.py                         # ≈ 15-25 min on one busy core
     python benchmarks/step_overhead.py --sizes 1e4 --only mlp,adam --compile ""   # smoke run
 
+The ≤ 3× target is also checked with Adam and the fused optimizers stepping in turn (--interleave):
+on a shared machine, other tenants slow compute-bound code more than memory-bound Adam, so times
+taken minutes apart can differ by ±30% in their ratio.
+
 Writes benchmarks/results/step_overhead.md and step_overhead.json.
 """
 
@@ -78,6 +82,31 @@ def time_steps(opt: torch.optim.Optimizer, warmup: int, repeats: int) -> Dict[st
         times.append(time.perf_counter() - start)
     # The minimum is the cost of the code itself; other processes on a shared machine only add to it.
     return {"ms": 1e3 * min(times), "ms_median": 1e3 * statistics.median(times), "warmup_s": warm}
+
+
+def interleaved(n: int, names: List[str], warmup: int, rounds: int) -> Dict:
+    """The ≤ 3× target, measured fairly on a shared machine: Adam and each optimizer step in turn,
+    round after round, so all see the same load (other tenants slow compute-bound code more than
+    memory-bound Adam). Per optimizer: min and median step time, and the median over rounds of its
+    time divided by Adam's time in the same round."""
+    steps = {}
+    for name in ["torch.Adam"] + names:
+        opt = make_optimizer(name, make_params(n), "")
+        needs_loss = getattr(getattr(opt, "lopt", None), "needs_loss", False)
+        steps[name] = (lambda o=opt: o.step(loss=torch.tensor(1.0))) if needs_loss else opt.step
+        for _ in range(warmup):
+            steps[name]()
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    out = {}
+    for name, ts in times.items():
+        ratios = [t / a for t, a in zip(ts, times["torch.Adam"])]
+        out[name] = {"ms": min(ts), "ms_median": statistics.median(ts), "ratio_median": statistics.median(ratios)}
+    return out
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -170,6 +199,20 @@ def markdown(results: Dict, command: str) -> str:
     compiled = [(s, l, r["warmup_s"]) for s in sizes for l, r in results["sizes"][s].items() if "compiled" in l and "warmup_s" in r]
     if compiled:
         lines += ["", "Compile time (first steps, excluded above): " + ", ".join(f"{l} N={int(s):.0e}: {w:.0f} s" for s, l, w in compiled)]
+    check = results.get("interleaved")
+    if check:
+        adam = check["rows"]["torch.Adam"]
+        lines += [
+            "",
+            f"## Target check: Adam and the fused optimizers interleaved, N={check['n']:.0e}, {check['rounds']} rounds",
+            "",
+            "| optimizer | min ms | median ms | min / Adam's min | median over rounds of (time / Adam's time that round) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in check["rows"].items():
+            lines.append(
+                f"| {name} | {row['ms']:.3g} | {row['ms_median']:.3g} | {row['ms'] / adam['ms']:.2f}× | {row['ratio_median']:.2f}× |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -182,6 +225,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--interleave", default="mlp,velo", help="optimizers timed in turn with Adam at the largest size")
+    parser.add_argument("--rounds", type=int, default=60, help="rounds of the interleaved target check")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step_overhead.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -190,6 +235,11 @@ def main(argv=None):
     compiled = [n for n in args.compile.split(",") if n]
     functional = [n for n in args.functional.split(",") if n]
     results = run(sizes, names, functional, compiled, args.warmup, args.repeats, lambda msg: print(msg, flush=True))
+    check = [n for n in args.interleave.split(",") if n]
+    if check:
+        rows = interleaved(max(sizes), check, args.warmup, args.rounds)
+        results["interleaved"] = {"n": max(sizes), "rounds": args.rounds, "rows": rows}
+        print(f"interleaved N={max(sizes):.0e}: {rows}", flush=True)
     import sys
 
     command = "python benchmarks/step_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)

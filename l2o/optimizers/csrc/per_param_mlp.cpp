@@ -10,13 +10,18 @@
 //   apply_update: the same features again, the MLP on them, the update; writes p and the
 //                 accumulators in place.
 //
+// Python calls two entry points per tensor: plan_tensor (factor_sums, the new Adafactor factors,
+// feature_sums) and apply_tensor (the normalization folded into the first layer, the per-row and
+// per-column tables, apply_update), so the per-tensor overhead is two calls, not dozens of ops.
+//
 // Why it is written this way: per coordinate the MLP is ~90 multiply-adds and the features ~40
 // more operations, so a pass is bound by the core's arithmetic, not by memory, unless every value
-// stays in a register. Coordinates therefore go through in groups of W = 8 (`vf`, one AVX register),
-// and each feature is consumed the moment it is computed: squared into its sum (feature_sums) or
-// multiplied into the first layer's hidden units (apply_update). Nothing per coordinate is stored
-// except the tensors' new values. The hidden width is a template parameter (the weights are padded
-// with zeros to a power of two), so the hidden units live in registers too.
+// stays in a register. Coordinates therefore go through in groups of 16 (`vp`: two AVX registers, so
+// two independent chains of operations are in flight), and each feature is consumed the moment it
+// is computed: squared into its sum (feature_sums) or multiplied into the first layer's hidden
+// units (apply_update). Nothing per coordinate is stored except the tensors' new values. The hidden
+// width is a template parameter (the weights are padded with zeros to a power of two), so the
+// hidden units live in registers too.
 //
 // Adafactor's row/column factors are broadcast tensors; a group reads them through a per-outer-row
 // base offset and a step of 0 or 1 along the last dimension (`row_base`, `row_step`), which covers
