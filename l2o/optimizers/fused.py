@@ -149,13 +149,12 @@ class Constants:
     decays: Tuple[float, ...]  # momentum decays, rms decay, factored-momentum decay
     adafactor: Tuple[float, ...]
     clip: float
-    k: int  # number of momentum decays
 
 
 def constants(fs: FeatureSet, decays: Decays) -> Constants:
     momentum = decays.momentum.tolist()
     scalars = (*momentum, float(decays.rms), float(decays.factored_momentum))
-    return Constants(scalars, tuple(decays.adafactor.tolist()), fs.grad_clip, len(momentum))
+    return Constants(scalars, tuple(decays.adafactor.tolist()), fs.grad_clip)
 
 
 @dataclasses.dataclass
@@ -173,25 +172,15 @@ class TensorPlan:
     call: tuple  # the arguments both kernel calls share
     small_clip: bool
 
-    def _stat(self, at: int, count: int = 1) -> Tensor:
-        start = self.n_full + 2 * self.row_factor.shape[0] + at
-        return self.summary[start : start + count]
 
-    @property
-    def mean_p2(self) -> Tensor:
-        return self.summary[1]  # feature "p"
 
-    @property
-    def mean_abs_g(self) -> Tensor:
-        return self._stat(0)[0]
-
-    @property
-    def mean_abs_m(self) -> Tensor:
-        return self._stat(1, len(self.acc["m"]))
-
-    @property
-    def mean_sqrt_rms(self) -> Tensor:
-        return self._stat(1 + len(self.acc["m"]))[0]
+def tensor_statistics(plans: Sequence[TensorPlan]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """VeLO's inputs from plans made with stats=True, for all tensors at once: mean p² (T,),
+    mean |g| (T,), mean |m_k| (T, K), mean sqrt(rms) (T,)."""
+    summary = torch.stack([tp.summary for tp in plans])
+    k = len(plans[0].acc["m"])
+    start = plans[0].n_full + 2 * plans[0].row_factor.shape[0]
+    return summary[:, 1], summary[:, start], summary[:, start + 1 : start + 1 + k], summary[:, start + 1 + k]
 
 
 @functools.lru_cache(maxsize=64)

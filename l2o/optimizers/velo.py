@@ -176,9 +176,10 @@ class VeLOOptimizer(FunctionalOptimizer):
 
     @staticmethod
     def _stats_from_means(mean_p2: Tensor, mean_abs_g: Tensor, mean_abs_m: Tensor, mean_sqrt_rms: Tensor):
+        """One tensor's (shapes (), (), (K,), ()) or T tensors' at once ((T,), (T,), (T, K), (T,))."""
         rms_p = torch.sqrt(mean_p2 + 1e-9)
-        stats = torch.cat([mean_abs_g.reshape(1), mean_abs_m, mean_sqrt_rms.reshape(1)])
-        logs = torch.cat([torch.log(stats / rms_p + _LOG_FLOOR), torch.log(rms_p).reshape(1)])
+        stats = torch.cat([mean_abs_g[..., None], mean_abs_m, mean_sqrt_rms[..., None]], dim=-1)
+        logs = torch.cat([torch.log(stats / rms_p[..., None] + _LOG_FLOOR), torch.log(rms_p)[..., None]], dim=-1)
         return rms_p, 0.1 * logs
 
     def _start(self, meta, params, state, loss):
@@ -193,14 +194,17 @@ class VeLOOptimizer(FunctionalOptimizer):
         global_feats = torch.cat([fraction_features(t, state["horizon"]), loss_feats])
         return decays, t, loss_state, global_feats
 
-    def _tensor_row(self, global_feats: Tensor, stats: Tensor, p: Tensor) -> Tensor:
-        one_hot = [float(min(p.dim(), MAX_RANK) == r) for r in range(MAX_RANK + 1)]
-        return torch.cat([global_feats, stats, constant(one_hot, p)])
+    @staticmethod
+    def _tensor_rows(global_feats: Tensor, stats: Tensor, params: Params) -> Tensor:
+        """(T, n_tensor_inputs): the shared features, each tensor's statistics (T, ·), its rank one-hot."""
+        ranks = tuple(min(p.dim(), MAX_RANK) for p in params.values())
+        one_hot = constant(tuple(tuple(float(r == k) for k in range(MAX_RANK + 1)) for r in ranks), stats)
+        return torch.cat([global_feats.expand(len(ranks), -1), stats, one_hot], dim=-1)
 
-    def _tensor_level(self, meta, rows: List[Tensor], state: State, names: List[str], t: Tensor):
+    def _tensor_level(self, meta, rows: Tensor, state: State, names: List[str], t: Tensor):
         """Embed, mix across tensors (max), one LSTM step per tensor; then each tensor's MLP layers
         (hypernetwork: 100·mean_i(c_i·W_i), time features folded into the first bias) and α."""
-        z = torch.relu(torch.stack(rows) @ meta["tensor.in.w"] + meta["tensor.in.b"])
+        z = torch.relu(rows @ meta["tensor.in.w"] + meta["tensor.in.b"])
         mixed = torch.relu(z @ meta["tensor.mix.w"] + meta["tensor.mix.b"]).max(dim=0, keepdim=True).values
         h, c = lstm_cell(
             z + mixed,
@@ -232,13 +236,14 @@ class VeLOOptimizer(FunctionalOptimizer):
         fs = self.features
         decays, t, loss_state, global_feats = self._start(meta, params, state, loss)
         names = list(params)
-        accs, feats, rms_ps, rows = {}, {}, {}, []
+        accs, feats, rms_ps, stats = {}, {}, {}, []
         for name in names:
             p, g = params[name], fs.clip(grads[name])
             accs[name], feats[name] = fs.update(p, g, accumulators_of(state, name), decays)
             feats[name].append(g.clamp(-0.1, 0.1))
-            rms_ps[name], stats = self._tensor_stats(p, g, accs[name])
-            rows.append(self._tensor_row(global_feats, stats, p))
+            rms_ps[name], tensor_stats = self._tensor_stats(p, g, accs[name])
+            stats.append(tensor_stats)
+        rows = self._tensor_rows(global_feats, torch.stack(stats), params)
         layers, alpha, lstm_state = self._tensor_level(meta, rows, state, names, t)
 
         deterministic = self.init == "deterministic"
@@ -264,15 +269,10 @@ class VeLOOptimizer(FunctionalOptimizer):
         decays, t, loss_state, global_feats = self._start(meta, params, state, loss)
         names = list(params)
         consts = fused.constants(fs, decays)
-        plans, rms_ps, rows = {}, {}, []
-        for name in names:
-            p = params[name]
-            tp = plans[name] = fused.plan(fs, consts, p, grads[name], accumulators_of(state, name), True, True)
-            rms_ps[name], stats = self._stats_from_means(tp.mean_p2, tp.mean_abs_g, tp.mean_abs_m, tp.mean_sqrt_rms)
-            rows.append(self._tensor_row(global_feats, stats, p))
-        layers, alpha, lstm_state = self._tensor_level(meta, rows, state, names, t)
+        plans = {name: fused.plan(fs, consts, params[name], grads[name], accumulators_of(state, name), True, True) for name in names}
+        rms_p, stats = self._stats_from_means(*fused.tensor_statistics(list(plans.values())))  # all tensors at once
+        layers, alpha, lstm_state = self._tensor_level(meta, self._tensor_rows(global_feats, stats, params), state, names, t)
         adam = adam_constants(meta, decays, t, self.eps) if self.init == "deterministic" else None
-        for i, name in enumerate(names):
-            scale = self.step_mult * float(rms_ps[name] * alpha[i])
-            fused.apply(fs, consts, plans[name], layers[i], scale, self.exp_mult, adam, update_scale.get(name, 1.0))
+        for i, (name, scale) in enumerate(zip(names, (rms_p * alpha).tolist())):
+            fused.apply(fs, consts, plans[name], layers[i], self.step_mult * scale, self.exp_mult, adam, update_scale.get(name, 1.0))
         return {"t": t, "horizon": state["horizon"], **loss_state, **lstm_state, **fused.accumulator_state(plans)}
