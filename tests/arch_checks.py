@@ -137,6 +137,18 @@ class MixedNet(torch.nn.Module):
         return self.head(x)
 
 
+def train_mixed(model, opt, tokens, target, steps):
+    """`steps` closure steps of `opt` on the model's squared error; the losses."""
+
+    def closure():
+        opt.zero_grad()
+        loss = ((model(tokens) - target) ** 2).mean()
+        loss.backward()
+        return loss
+
+    return [float(opt.step(closure).detach()) for _ in range(steps)]
+
+
 def check_learned_optimizer_on_mixed_module(lopt, gen, steps=20, lr_mult=1.0):
     """Trains a conv/linear/embedding/norm model through the torch.optim adapter; loss must drop."""
     torch.manual_seed(0)
@@ -146,14 +158,7 @@ def check_learned_optimizer_on_mixed_module(lopt, gen, steps=20, lr_mult=1.0):
     meta = lopt.init_meta(gen)
     opt = l2o.LearnedOptimizer(model.parameters(), optimizer=lopt, meta=meta, num_steps=steps, lr=lr_mult)
     before = [p.detach().clone() for p in model.parameters()]
-
-    def closure():
-        opt.zero_grad()
-        loss = ((model(tokens) - target) ** 2).mean()
-        loss.backward()
-        return loss
-
-    losses = [float(opt.step(closure).detach()) for _ in range(steps)]
+    losses = train_mixed(model, opt, tokens, target, steps)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     return losses

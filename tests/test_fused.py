@@ -10,7 +10,7 @@ import torch
 
 import l2o
 from l2o.optimizers import build, fused
-from tests.arch_checks import MixedNet
+from tests.arch_checks import MixedNet, train_mixed
 
 # rank 0-4; square, wide, tall, (n,1)/(1,n); conv weights whose factored dims are not the last two;
 # last dims longer than the kernel's tile (64) and tensors spanning several parallel chunks (16384).
@@ -109,15 +109,7 @@ def _train(fused_flag, steps=8, lr=1.0, arch="velo", state_from=None):
     if state_from is not None:
         model.load_state_dict(state_from[0])
         opt.load_state_dict(state_from[1])
-
-    def closure():
-        opt.zero_grad()
-        loss = ((model(tokens) - target) ** 2).mean()
-        loss.backward()
-        return loss
-
-    losses = [float(opt.step(closure).detach()) for _ in range(steps)]
-    return model, opt, losses
+    return model, opt, train_mixed(model, opt, tokens, target, steps)
 
 
 @pytest.mark.parametrize("arch", ["mlp", "velo"])
