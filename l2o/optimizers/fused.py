@@ -5,7 +5,7 @@ Why: the functional step is a few dozen tensor ops per parameter tensor, each a 
 it costs 6-70× Adam. What it computes needs only two passes once the row/column means of g² are
 known: one that reduces the features to their per-tensor mean squares (the RMS normalization needs
 them before the MLP can run) and one that recomputes the features, runs the MLP and writes the
-update. `csrc/per_param_mlp.cpp` does exactly that, 8 coordinates at a time in registers, and
+update. `csrc/per_param_mlp.cpp` does exactly that, 16 coordinates at a time in registers, and
 writes the parameters and accumulators in place. Each tensor costs two calls into it (`plan`,
 `apply`); everything between them (Adafactor's factors, folding the normalization into the first
 layer) happens inside those calls, so the per-tensor overhead is tens of microseconds.
@@ -171,7 +171,6 @@ class TensorPlan:
     layout: Tuple[Tensor, Tensor, int, int]
     call: tuple  # the arguments both kernel calls share
     small_clip: bool
-
 
 
 def tensor_statistics(plans: Sequence[TensorPlan]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
