@@ -33,7 +33,6 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 
 #include <immintrin.h>
 
@@ -64,25 +63,11 @@ typedef int32_t vi __attribute__((vector_size(4 * W)));
 inline vf splat(float x) { return vf{} + x; }
 inline vf load_full(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline void store_full(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
-// The first `len` lanes (the rest 0) and their store: `len` < W only in a row's last group.
-inline vf load_n(const float* p, int64_t len) {
-  if (len == W) return load_full(p);
-  float buf[W] = {};
-  std::memcpy(buf, p, len * sizeof(float));
-  return load_full(buf);
-}
-inline void store_n(float* p, vf x, int64_t len) {
-  if (len == W) return store_full(p, x);
-  float buf[W];
-  store_full(buf, x);
-  std::memcpy(p, buf, len * sizeof(float));
-}
 inline vi lane_index() {
   vi index;
   for (int l = 0; l < W; ++l) index[l] = l;
   return index;
 }
-inline vf first_lanes(vf x, int64_t len) { return lane_index() < static_cast<int32_t>(len) ? x : vf{}; }
 
 #if defined(__AVX__)
 inline __m256 as_avx(vf x) { return reinterpret_cast<__m256>(x); }
@@ -256,11 +241,11 @@ struct Inputs {
   float* m;  // (K, n)
   float* rms;
   float* fac_m;
-  const float* rowtab;  // (row_width, rows): A factors, then the first layer's per-row part
-  const float* coltab;  // (col_width, cols)
+  const float* rowtab;  // (width, rows): A factors, then (apply) the first layer's per-row part
+  const float* coltab;  // (width, cols)
   const int64_t* row_base;
   const int64_t* col_base;
-  int64_t outer, inner, n, row_step, col_step, row_width, col_width, rows, cols;
+  int64_t outer, inner, n, row_step, col_step, rows, cols;
   int K, A, n_full;
   bool small_clip;
   float clip, mom[MAX_K], mom_c[MAX_K], rms_decay, fm_decay;
@@ -294,8 +279,6 @@ Inputs make_inputs(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Ten
   in.row_step = row_step;
   in.col_step = col_step;
   TORCH_CHECK(rowtab.dim() == 2 && coltab.dim() == 2, "fused: tables must be 2-D");
-  in.row_width = rowtab.size(0);
-  in.col_width = coltab.size(0);
   in.rows = rowtab.size(1);
   in.cols = coltab.size(1);
   in.K = static_cast<int>(decays.size()) - 2;
@@ -647,20 +630,20 @@ void apply_update(const Inputs& in, const Mlp& net) {
 void factor_sums(const float* gp, const int64_t* rb, const int64_t* cb, int64_t outer, int64_t inner,
                  int64_t row_step, int64_t col_step, float clip, float eps, float* rs, float* cs) {
   for (int64_t o = 0; o < outer; ++o) {
-    vf along_row{}, along_col{};  // the sums of a factor whose step is 0 (constant along the row)
-    for (int64_t i = 0; i < inner; i += W) {
-      const int64_t len = std::min<int64_t>(W, inner - i);
-      const vf gi = clamp_keep_nan(load_n(gp + o * inner + i, len), clip);
-      vf sq = gi * gi + eps;
-      if (len < W) sq = first_lanes(sq, len);
+    vp along_row{}, along_col{};  // the sums of a factor whose step is 0 (constant along the row)
+    for (int64_t i = 0; i < inner; i += GROUP) {
+      const int64_t len = std::min<int64_t>(GROUP, inner - i);
+      const vp gi = clamp_keep_nan(load_group(gp + o * inner + i, len), clip);
+      vp sq = gi * gi + eps;
+      if (len < GROUP) sq = keep_lanes(sq, lane_mask(len));
       if (row_step == 0)
         along_row += sq;
       else
-        store_n(rs + rb[o] + i, load_n(rs + rb[o] + i, len) + sq, len);
+        store_group(rs + rb[o] + i, load_group(rs + rb[o] + i, len) + sq, len);
       if (col_step == 0)
         along_col += sq;
       else
-        store_n(cs + cb[o] + i, load_n(cs + cb[o] + i, len) + sq, len);
+        store_group(cs + cb[o] + i, load_group(cs + cb[o] + i, len) + sq, len);
     }
     if (row_step == 0) rs[rb[o]] += take_sum(along_row);
     if (col_step == 0) cs[cb[o]] += take_sum(along_col);
