@@ -29,9 +29,11 @@ CASES = [
 ]
 
 
-def _run_both(name, hyper, shapes, grad_scales, steps=4, seed=0):
+def _run_both(name, hyper, shapes, grad_scales, steps=4, seed=0, edit_meta=None):
     lopt = build(name, **hyper)
     meta = lopt.init_meta(torch.Generator().manual_seed(seed))
+    if edit_meta is not None:
+        edit_meta(meta)
     gen = torch.Generator().manual_seed(seed + 1)
     ref = {f"p{i}": torch.randn(s, generator=gen) for i, s in enumerate(shapes)}
     out = {k: v.clone() for k, v in ref.items()}
@@ -66,6 +68,32 @@ def test_zero_gradients_and_untouched_coordinates():
     """A gradient of exactly zero (dead units) must give finite results equal to the functional ones."""
     _run_both("mlp", {}, [(30, 40), (12,)], grad_scales=[0.0, 1.0, 0.0])
     _run_both("velo", {}, [(30, 40), (12,)], grad_scales=[0.0, 1.0, 0.0])
+
+
+def test_kernel_exp_is_within_two_ulps_of_exp():
+    """The update's exp: a degree-4 polynomial when a whole group has |x| ≤ 1/64, Cephes otherwise."""
+    tiny = torch.linspace(-1 / 64, 1 / 64, 4096)  # whole groups take the polynomial
+    wide = torch.linspace(-100.0, 88.0, 4096)  # Cephes; underflow to denormals and 0
+    mixed = torch.stack([tiny, wide], dim=1).reshape(-1)  # groups with lanes on both sides
+    special = torch.tensor([0.0, -0.0, 1 / 64, -1 / 64, 0.0157, 89.0, float("inf"), -float("inf"), float("nan")])
+    x = torch.cat([tiny, wide, mixed, special])
+    got, want = fused.kernels().update_exp(x), torch.exp(x.double())
+    normal, tiny_out = (want > 1.2e-38) & (want < 3.4e38), want <= 1.2e-38  # float32's normal range; below
+    assert ((got[normal].double() - want[normal]).abs() <= 2.5e-7 * want[normal]).all()
+    assert ((got[tiny_out].double() - want[tiny_out]).abs() <= 1e-44).all()  # denormals, then 0
+    reference = torch.exp(x)  # overflow to inf and NaN as torch's float32 exp
+    assert torch.equal(got.isnan(), reference.isnan()) and torch.equal(got.isinf(), reference.isinf())
+
+
+def test_large_log_magnitudes_take_the_full_exp():
+    """The kernel's exp has a short polynomial for |exp_mult·μ| ≤ 1/64 (the usual case) and Cephes
+    otherwise; scaling the μ output makes most groups, and some lanes within groups, take Cephes."""
+
+    def scale_mu(meta):
+        last = max(int(k[len("mlp.w"):]) for k in meta if k.startswith("mlp.w"))
+        meta[f"mlp.w{last}"][:, 1] *= 5000.0
+
+    _run_both("mlp", {}, [(30, 40), (12,)], grad_scales=[1.0, 1e-2], edit_meta=scale_mu)
 
 
 def test_nan_gradient_propagates_like_the_functional_step():

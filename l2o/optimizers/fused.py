@@ -34,7 +34,9 @@ from torch import Tensor
 
 from l2o.optimizers.features import ACCUMULATORS, ADAFACTOR_EPS, Decays, FeatureSet, factored_dims
 
-_SOURCE = Path(__file__).parent / "csrc" / "per_param_mlp.cpp"
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCES = [_CSRC / "per_param_mlp.cpp", _CSRC / "velo_tensor_level.cpp"]
+_HEADERS = [_CSRC / "velo_tensor_level.h"]
 _LOCK = threading.Lock()
 _EXTENSION = None
 _BUILD_ERROR: Optional[BaseException] = None
@@ -62,7 +64,8 @@ def kernels():
     with _LOCK:
         if _EXTENSION is None and _BUILD_ERROR is None:
             flags = _compile_flags()
-            digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+            code = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
+            digest = hashlib.sha1(code + " ".join(flags).encode()).hexdigest()[:12]
             # Say what the pause is, unless the kernel comes straight from torch's extension cache.
             notice = threading.Timer(3.0, print, ("l2o: building the fused CPU kernel (once per machine, about a minute)...",), {"file": sys.stderr})
             notice.start()
@@ -71,7 +74,7 @@ def kernels():
 
                 _EXTENSION = cpp_extension.load(
                     name=f"l2o_per_param_mlp_{digest}",
-                    sources=[str(_SOURCE)],
+                    sources=[str(path) for path in _SOURCES],
                     extra_cflags=flags,
                     extra_ldflags=["-fopenmp"],
                     verbose=False,
@@ -172,14 +175,11 @@ class TensorPlan:
     call: tuple  # the arguments both kernel calls share
     small_clip: bool
 
-
-def tensor_statistics(plans: Sequence[TensorPlan]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """VeLO's inputs from plans made with stats=True, for all tensors at once: mean p² (T,),
-    mean |g| (T,), mean |m_k| (T, K), mean sqrt(rms) (T,)."""
-    summary = torch.stack([tp.summary for tp in plans])
-    k = len(plans[0].acc["m"])
-    start = plans[0].n_full + 2 * plans[0].row_factor.shape[0]
-    return summary[:, 1], summary[:, start], summary[:, start + 1 : start + 1 + k], summary[:, start + 1 + k]
+    @property
+    def stats_at(self) -> int:
+        """Where VeLO's statistics (plan(stats=True)) start in `summary`: mean |g|, mean |m_k| (K),
+        mean sqrt(rms); summary[1] is the mean of p² (the feature "p")."""
+        return self.n_full + 2 * self.row_factor.shape[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -220,19 +220,21 @@ def apply(
     exp_mult: float,
     adam: Optional[Tuple[float, float, float, float]] = None,
     multiplier: float = 1.0,
+    which: int = 0,
     norm_eps: float = 1e-5,
 ) -> None:
     """Second pass: p ← p - multiplier·exp(exp_mult·μ)·(scale·d [+ lr·m̂/(sqrt(v̂)+eps)]), and the
     accumulators, in place.
 
-    `layers` are the per-parameter MLP's (W, b) with the time features already in the first bias;
+    `layers` are the per-parameter MLP's (W, b) with the time features already in the first bias,
+    or those of several tensors stacked ((T, in, out), (T, out)), of which this one's is `which`;
     `adam` = (lr, 1-β1^t, 1-β2^t, eps) for the deterministic init's Adam term.
     """
     full, rows, cols = _feature_rows(fs, tp.small_clip)
     lr, c1, c2, eps = adam if adam is not None else (0.0, 1.0, 1.0, 1.0)
     kernels().apply_tensor(
         *tp.call, tp.row_factor, tp.col_factor, *tp.layout, consts.decays, consts.clip, tp.small_clip, tp.summary,
-        [w for w, _ in layers], [b for _, b in layers], full, rows, cols, norm_eps,
+        [w for w, _ in layers], [b for _, b in layers], which, full, rows, cols, norm_eps,
         multiplier * scale, float(exp_mult), multiplier * lr, float(c1), float(c2), float(eps),
     )
     tp.acc["fac_row"], tp.acc["fac_col"] = tp.fac_row, tp.fac_col

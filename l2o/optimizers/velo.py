@@ -176,7 +176,7 @@ class VeLOOptimizer(FunctionalOptimizer):
 
     @staticmethod
     def _stats_from_means(mean_p2: Tensor, mean_abs_g: Tensor, mean_abs_m: Tensor, mean_sqrt_rms: Tensor):
-        """One tensor's (shapes (), (), (K,), ()) or T tensors' at once ((T,), (T,), (T, K), (T,))."""
+        """(RMS(p), 0.1·log-statistics) from one tensor's means (shapes (), (), (K,), ())."""
         rms_p = torch.sqrt(mean_p2 + 1e-9)
         stats = torch.cat([mean_abs_g[..., None], mean_abs_m, mean_sqrt_rms[..., None]], dim=-1)
         logs = torch.cat([torch.log(stats / rms_p[..., None] + _LOG_FLOOR), torch.log(rms_p)[..., None]], dim=-1)
@@ -184,8 +184,7 @@ class VeLOOptimizer(FunctionalOptimizer):
 
     def _start(self, meta, params, state, loss):
         """Decays, t, the loss-state update and the features every tensor shares."""
-        if loss is None:
-            raise ValueError("velo reads the loss: pass it to step (LearnedOptimizer: step(closure) or step(loss=...))")
+        _require_loss(loss)
         ref = next(iter(params.values()))
         decays = self.features.decays(meta, ref)
         t = state["t"] + 1
@@ -263,16 +262,40 @@ class VeLOOptimizer(FunctionalOptimizer):
         return new_params, new_state
 
     def fused_step(self, meta, params, grads, state, loss=None, update_scale=None) -> State:
-        """`step` through the fused CPU kernel; the contract of `MLPOptimizer.fused_step`."""
+        """`step` through the fused CPU kernel; the contract of `MLPOptimizer.fused_step`.
+
+        The tensor level (loss features, LSTM, hypernetwork) runs in one C++ call too
+        (csrc/velo_tensor_level.cpp): as torch ops it cost more than a tenth of a step at 1e6 parameters.
+        """
         update_scale = update_scale or {}
         fs = self.features
-        decays, t, loss_state, global_feats = self._start(meta, params, state, loss)
+        _require_loss(loss)
+        decays = fs.decays(meta, next(iter(params.values())))
+        t = state["t"] + 1
         names = list(params)
         consts = fused.constants(fs, decays)
-        plans = {name: fused.plan(fs, consts, params[name], grads[name], accumulators_of(state, name), True, True) for name in names}
-        rms_p, stats = self._stats_from_means(*fused.tensor_statistics(list(plans.values())))  # all tensors at once
-        layers, alpha, lstm_state = self._tensor_level(meta, self._tensor_rows(global_feats, stats, params), state, names, t)
+        plans = [fused.plan(fs, consts, params[n], grads[n], accumulators_of(state, n), True, True) for n in names]
+        loss_ema, loss_min, loss_max, h, c, layers, scales = fused.kernels().velo_tensor_level(
+            meta, t, state["horizon"], torch.as_tensor(loss), state["loss_ema"], state["loss_min"], state["loss_max"],
+            self.loss_decays, FRACTION_TAUS, TIME_SCALES, [tp.summary for tp in plans], plans[0].stats_at,
+            [p.dim() for p in params.values()], [state["lstm_h"][n] for n in names], [state["lstm_c"][n] for n in names],
+            fs.size + 1, self.layers + 1, self.hidden, self.step_mult,
+        )
         adam = adam_constants(meta, decays, t, self.eps) if self.init == "deterministic" else None
-        for i, (name, scale) in enumerate(zip(names, (rms_p * alpha).tolist())):
-            fused.apply(fs, consts, plans[name], layers[i], self.step_mult * scale, self.exp_mult, adam, update_scale.get(name, 1.0))
-        return {"t": t, "horizon": state["horizon"], **loss_state, **lstm_state, **fused.accumulator_state(plans)}
+        for i, (name, tp, scale) in enumerate(zip(names, plans, scales)):
+            fused.apply(fs, consts, tp, layers, scale, self.exp_mult, adam, update_scale.get(name, 1.0), which=i)
+        return {
+            "t": t,
+            "horizon": state["horizon"],
+            "loss_ema": loss_ema,
+            "loss_min": loss_min,
+            "loss_max": loss_max,
+            "lstm_h": dict(zip(names, h)),
+            "lstm_c": dict(zip(names, c)),
+            **fused.accumulator_state(dict(zip(names, plans))),
+        }
+
+
+def _require_loss(loss) -> None:
+    if loss is None:
+        raise ValueError("velo reads the loss: pass it to step (LearnedOptimizer: step(closure) or step(loss=...))")

@@ -34,6 +34,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "velo_tensor_level.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -188,6 +190,27 @@ inline vp inverse_sqrt(vp x, float eps) { return map(x, [eps](vf v) { return inv
 inline vp square_root(vp x) { return map(x, [](vf v) { return square_root(v); }); }
 inline vp exponential(vp x) { return map(x, [](vf v) { return exponential(v); }); }
 
+inline bool any_lane(vi mask) {
+#if defined(__AVX__)
+  return !_mm256_testz_si256(reinterpret_cast<__m256i>(mask), reinterpret_cast<__m256i>(mask));
+#else
+  for (int l = 0; l < W; ++l)
+    if (mask[l]) return true;
+  return false;
+#endif
+}
+
+// exp(x) where x is usually tiny (the update's exp_mult·μ, exp_mult = 0.001): when every lane has
+// |x| ≤ 1/64, the degree-4 Taylor polynomial (relative error < 1e-11, below float rounding), a
+// chain of 4 multiply-adds instead of Cephes' ~14 operations, whose latency bounded the update;
+// otherwise (and for inf) Cephes. NaN takes the polynomial and stays NaN.
+inline vp exponential_near_zero(vp x) {
+  vi outside{};
+  for (int i = 0; i < NV; ++i) outside |= absolute(x.v[i]) > (1.0f / 64);
+  if (any_lane(outside)) return exponential(x);
+  return map(x, [](vf v) { return 1.0f + v * (1.0f + v * (0.5f + v * (1.0f / 6 + v * (1.0f / 24)))); });
+}
+
 // A group's first `len` coordinates (the rest 0) and their store: `len` < GROUP only in a row's last.
 inline vp load_group(const float* p, int64_t len) {
   float buf[GROUP] = {};
@@ -248,7 +271,7 @@ struct Inputs {
   int64_t outer, inner, n, row_step, col_step, rows, cols;
   int K, A, n_full;
   bool small_clip;
-  float clip, mom[MAX_K], mom_c[MAX_K], rms_decay, fm_decay;
+  float clip, mom[MAX_K], mom_c[MAX_K], rms_decay, rms_c, fm_decay, fm_c;  // *_c: 1 - decay
   int feature_of[N_SLOTS];  // slot -> index in the feature order above (-1: unused)
 };
 
@@ -294,7 +317,9 @@ Inputs make_inputs(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Ten
     in.mom_c[k] = static_cast<float>(1.0 - decays[k]);
   }
   in.rms_decay = static_cast<float>(decays[K]);
+  in.rms_c = 1.0f - in.rms_decay;
   in.fm_decay = static_cast<float>(decays[K + 1]);
+  in.fm_c = 1.0f - in.fm_decay;
   std::fill(in.feature_of, in.feature_of + N_SLOTS, -1);
   in.feature_of[S_G] = 0;
   in.feature_of[S_P] = 1;
@@ -333,7 +358,7 @@ __attribute__((always_inline)) inline void group_features(const Inputs& in, cons
   const vp g = clamp_keep_nan(load_group(in.g + e, len), in.clip);
   sink.feature(S_G, g);
   sink.feature(S_P, load_group(in.p + e, len));
-  const vp r = in.rms_decay * load_group(in.rms + e, len) + (1.0f - in.rms_decay) * (g * g);
+  const vp r = in.rms_decay * load_group(in.rms + e, len) + in.rms_c * (g * g);
   sink.rms(r);
   sink.feature(S_RMS, r);
   const vp inv = inverse_sqrt(r, 1e-8f);
@@ -359,7 +384,7 @@ __attribute__((always_inline)) inline void group_features(const Inputs& in, cons
       sink.feature(S_ADA + a, ada);
     }
   }
-  const vp fm = in.fm_decay * load_group(in.fac_m + e, len) + (1.0f - in.fm_decay) * ada;  // last decay's
+  const vp fm = in.fm_decay * load_group(in.fac_m + e, len) + in.fm_c * ada;  // last decay's
   sink.fac_m(fm);
   sink.feature(S_FM, fm);
   if (in.small_clip) sink.feature(S_SC, clamp_keep_nan(g, 0.1f));
@@ -401,20 +426,26 @@ inline double take_sum(vf& x) {
   x = vf{};
   return s;
 }
-inline double take_sum(vp& x) {
-  double s = 0;
-  for (int i = 0; i < NV; ++i) s += take_sum(x.v[i]);
-  return s;
+// A group's lanes folded into one register (x.v[0] + x.v[1] + ...).
+inline vf fold(const vp& x) {
+  vf out = x.v[0];
+  for (int i = 1; i < NV; ++i) out += x.v[i];
+  return out;
 }
 
-// feature_sums' per-chunk accumulation: float vector sums per slot, moved to double every FLUSH
-// coordinates (float alone would lose digits over a million coordinates).
+// feature_sums' per-chunk accumulation: float vector sums, moved to double every FLUSH coordinates
+// (float alone would lose digits over a million coordinates). The ~20 sums cannot stay in
+// registers, so each group's update is a load-add-store: they are one register wide (a group's
+// lanes folded first), half the stores of group-wide sums, and live in an array GCC sees only
+// through an opaque pointer (otherwise it promotes them, spills them, and stores each update to
+// both the spill slot and the array). STATS: VeLO's statistics Σ|g|, Σ|m_k|, Σsqrt(rms) too.
+enum Sum : int { SUM_ABS_G = N_SLOTS, SUM_ABS_M, SUM_SQRT_RMS = SUM_ABS_M + MAX_K, N_SUMS };
+
+template <bool STATS>
 struct SumSink {
   const Inputs& in;
-  bool stats;
-  vp sq[N_SLOTS] = {};
-  vp abs_g{}, abs_m[MAX_K] = {}, sqrt_rms{};
-  double total[N_SLOTS] = {}, total_abs_g = 0, total_abs_m[MAX_K] = {}, total_sqrt_rms = 0;
+  vf* sums;        // (N_SUMS,): Σf² per feature slot, then the statistics
+  double* totals;  // (N_SUMS,)
 
   // What group_features calls; PARTIAL (a row's last group) zeroes the lanes past its length first.
   template <bool PARTIAL>
@@ -424,14 +455,14 @@ struct SumSink {
     __attribute__((always_inline)) inline vp valid(vp x) const { return PARTIAL ? keep_lanes(x, mask) : x; }
     __attribute__((always_inline)) inline void feature(int slot, vp x) {
       x = valid(x);
-      s.sq[slot] += x * x;
-      if (slot == S_G && s.stats) s.abs_g += absolute(x);
+      s.sums[slot] += fold(x * x);
+      if (STATS && slot == S_G) s.sums[SUM_ABS_G] += fold(absolute(x));
     }
     __attribute__((always_inline)) inline void m(int k, vp x) {
-      if (s.stats) s.abs_m[k] += absolute(valid(x));
+      if (STATS) s.sums[SUM_ABS_M + k] += fold(absolute(valid(x)));
     }
     __attribute__((always_inline)) inline void rms(vp x) {
-      if (s.stats) s.sqrt_rms += square_root(valid(x));
+      if (STATS) s.sums[SUM_SQRT_RMS] += fold(square_root(valid(x)));
     }
     __attribute__((always_inline)) inline void fac_m(vp) {}
   };
@@ -446,13 +477,29 @@ struct SumSink {
     }
   }
 
-  void flush() {
-    for (int s = 0; s < N_SLOTS; ++s) total[s] += take_sum(sq[s]);
-    total_abs_g += take_sum(abs_g);
-    for (int k = 0; k < MAX_K; ++k) total_abs_m[k] += take_sum(abs_m[k]);
-    total_sqrt_rms += take_sum(sqrt_rms);
+  __attribute__((always_inline)) inline void flush() {
+    for (int s = 0; s < (STATS ? N_SUMS : N_SLOTS); ++s) totals[s] += take_sum(sums[s]);
   }
 };
+
+// One chunk's sums into row (n_full + K + 2 doubles).
+template <bool STATS>
+void chunk_sums(const Inputs& in, int64_t row_begin, int64_t row_end, double* row) {
+  const Inputs local = in;
+  alignas(32) vf storage[N_SUMS] = {};
+  double totals[N_SUMS] = {};
+  vf* sums = storage;
+  asm("" : "+r"(sums));  // an opaque pointer: GCC cannot promote the sums (see SumSink)
+  SumSink<STATS> sink{local, sums, totals};
+  for_each_group(local, row_begin, row_end, sink);
+  for (int s = 0; s < N_SLOTS; ++s)
+    if (in.feature_of[s] >= 0) row[in.feature_of[s]] = totals[s];
+  if (STATS) {
+    row[in.n_full] = totals[SUM_ABS_G];
+    for (int k = 0; k < in.K; ++k) row[in.n_full + 1 + k] = totals[SUM_ABS_M + k];
+    row[in.n_full + 1 + in.K] = totals[SUM_SQRT_RMS];
+  }
+}
 
 // Per-chunk sums (chunks, n_full + K + 2), in double: Σf² of each full feature, then (if `stats`;
 // zeros otherwise) Σ|g|, Σ|m_k|, Σsqrt(rms), VeLO's tensor statistics. The caller sums the chunks in
@@ -465,17 +512,11 @@ torch::Tensor feature_sums(const Inputs& in, bool stats) {
   double* acc = out.data_ptr<double>();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const Inputs local = in;
-      SumSink sink{local, stats};
-      for_each_group(local, c * per, std::min(in.outer, (c + 1) * per), sink);
-      double* row = acc + c * width;
-      for (int s = 0; s < N_SLOTS; ++s)
-        if (in.feature_of[s] >= 0) row[in.feature_of[s]] = sink.total[s];
-      if (stats) {
-        row[in.n_full] = sink.total_abs_g;
-        for (int k = 0; k < in.K; ++k) row[in.n_full + 1 + k] = sink.total_abs_m[k];
-        row[in.n_full + 1 + in.K] = sink.total_sqrt_rms;
-      }
+      const int64_t r0 = c * per, r1 = std::min(in.outer, (c + 1) * per);
+      if (stats)
+        chunk_sums<true>(in, r0, r1, acc + c * width);
+      else
+        chunk_sums<false>(in, r0, r1, acc + c * width);
     }
   });
   auto total = torch::zeros({width}, torch::kFloat64);  // chunks added in order: thread-independent
@@ -511,7 +552,8 @@ __attribute__((always_inline)) inline void dense(const vp* x, const int* at, int
     vp acc[BLOCK];
 #pragma GCC unroll 4
     for (int jj = 0; jj < BLOCK; ++jj) acc[jj] = out[j0 + jj];
-    for (int i = 0; i < n_in; ++i) {
+#pragma GCC unroll 8
+    for (int i = 0; i < n_in; ++i) {  // unrolled: with n_in = HB ≤ 8 the inputs stay in registers
       const int from = at ? at[i] : i;
       const vp v = RELU ? relu(x[from]) : x[from];
       const vf* wi = w + from * HB + j0;
@@ -531,30 +573,25 @@ struct ApplySink {
   static constexpr int STREAM = 8;
   const Inputs& in;
   const Mlp& net;
+  const vf* w0;  // net.w0.data(): each slot's HB first-layer weights
   Group q;
   int64_t len;  // q.len, or the constant GROUP in a full group
   vp h[HB];
   vp feats[HB > STREAM ? N_SLOTS : 1];
-  vp p_old, m0, r;
 
   __attribute__((always_inline)) inline void feature(int slot, vp x) {
-    if (slot == S_P) p_old = x;
     if constexpr (HB > STREAM) {
       feats[slot] = x;
     } else {
-      const vf* w = net.first(slot);
+      const vf* w = w0 + slot * HB;
 #pragma GCC unroll 8
       for (int j = 0; j < HB; ++j) h[j] += w[j] * x;
     }
   }
-  __attribute__((always_inline)) inline void m(int k, vp x) {
-    if (k == 0) m0 = x;
-    store_group(in.m + k * in.n + q.e, x, len);
-  }
-  __attribute__((always_inline)) inline void rms(vp x) {
-    r = x;
-    store_group(in.rms + q.e, x, len);
-  }
+  // The new accumulators go to memory at once; what the update needs later (p, m_0, rms) is read
+  // back from L1 then, which is cheaper than holding registers through the MLP.
+  __attribute__((always_inline)) inline void m(int k, vp x) { store_group(in.m + k * in.n + q.e, x, len); }
+  __attribute__((always_inline)) inline void rms(vp x) { store_group(in.rms + q.e, x, len); }
   __attribute__((always_inline)) inline void fac_m(vp x) { store_group(in.fac_m + q.e, x, len); }
 
   template <bool FULL>
@@ -567,7 +604,7 @@ struct ApplySink {
              table(in.coltab, in.cols, in.A + j, q.cb, in.col_step, len);
     }
     group_features<FULL>(in, q, *this);
-    if constexpr (HB > STREAM) dense<HB, false>(feats, net.active, net.n_active, net.w0.data(), h);
+    if constexpr (HB > STREAM) dense<HB, false>(feats, net.active, net.n_active, w0, h);
     for (int l = 0; l < net.n_hidden; ++l) {
       const vf* w = net.layer(l);
       vp next[HB];
@@ -586,8 +623,12 @@ struct ApplySink {
       mu += w[2 * i + 1] * x;
     }
     vp update = net.scale * d;
-    if (net.adam_lr != 0.0f) update += net.adam_lr * (m0 / net.bias_c1) / (square_root(r / net.bias_c2) + net.eps);
-    store_group(in.p + q.e, p_old - exponential(net.exp_mult * mu) * update, len);
+    if (net.adam_lr != 0.0f) {
+      const vp m0 = load_group(in.m + q.e, len), r = load_group(in.rms + q.e, len);
+      update += net.adam_lr * (m0 / net.bias_c1) / (square_root(r / net.bias_c2) + net.eps);
+    }
+    const vp p_old = load_group(in.p + q.e, len);
+    store_group(in.p + q.e, p_old - exponential_near_zero(net.exp_mult * mu) * update, len);
   }
   __attribute__((always_inline)) inline void operator()(const Group& group) {
     if (group.len == GROUP)
@@ -602,7 +643,7 @@ template <int HB>
 void apply_rows(const Inputs& shared_in, const Mlp& shared_net, int64_t row_begin, int64_t row_end) {
   const Inputs in = shared_in;
   const Mlp net = shared_net;
-  ApplySink<HB> sink{in, net};
+  ApplySink<HB> sink{in, net, net.w0.data()};
   for_each_group(in, row_begin, row_end, sink);
 }
 
@@ -630,18 +671,18 @@ void apply_update(const Inputs& in, const Mlp& net) {
 void factor_sums(const float* gp, const int64_t* rb, const int64_t* cb, int64_t outer, int64_t inner,
                  int64_t row_step, int64_t col_step, float clip, float eps, float* rs, float* cs) {
   for (int64_t o = 0; o < outer; ++o) {
-    vp along_row{}, along_col{};  // the sums of a factor whose step is 0 (constant along the row)
+    vf along_row{}, along_col{};  // the sums of a factor whose step is 0 (constant along the row)
     for (int64_t i = 0; i < inner; i += GROUP) {
       const int64_t len = std::min<int64_t>(GROUP, inner - i);
       const vp gi = clamp_keep_nan(load_group(gp + o * inner + i, len), clip);
       vp sq = gi * gi + eps;
       if (len < GROUP) sq = keep_lanes(sq, lane_mask(len));
       if (row_step == 0)
-        along_row += sq;
+        along_row += fold(sq);
       else
         store_group(rs + rb[o] + i, load_group(rs + rb[o] + i, len) + sq, len);
       if (col_step == 0)
-        along_col += sq;
+        along_col += fold(sq);
       else
         store_group(cs + cb[o] + i, load_group(cs + cb[o] + i, len) + sq, len);
     }
@@ -733,7 +774,8 @@ std::vector<torch::Tensor> plan_tensor(torch::Tensor p, torch::Tensor g, torch::
 
 // Second pass over one tensor, in place: p ← p - exp(exp_mult·μ)·(scale·d + adam_lr·m̂₀/(sqrt(v̂)+eps))
 // and the accumulators. `weights`/`biases`: the per-parameter MLP, its first layer (F, H) over the
-// features in FeatureSet.names() order with the time features already in its bias; `full`, `row`,
+// features in FeatureSet.names() order with the time features already in its bias; each may be
+// stacked over tensors ((T, in, out), (T, out)), of which this tensor's is number `which`; `full`, `row`,
 // `col`: where the per-coordinate features, the row factors and the column factors are in that
 // order. The RMS normalization (from plan_tensor's summary) is folded into the first layer, whose
 // row/column part and bias become per-row and per-column tables; the hidden width is padded with
@@ -742,12 +784,14 @@ void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tens
                   torch::Tensor row_factor, torch::Tensor col_factor, torch::Tensor row_base, torch::Tensor col_base,
                   int64_t row_step, int64_t col_step, std::vector<double> decays, double clip, bool small_clip,
                   torch::Tensor summary, std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases,
-                  std::vector<int64_t> full, std::vector<int64_t> row, std::vector<int64_t> col, double norm_eps,
-                  double scale, double exp_mult, double adam_lr, double bias_c1, double bias_c2, double eps) {
+                  int64_t which, std::vector<int64_t> full, std::vector<int64_t> row, std::vector<int64_t> col,
+                  double norm_eps, double scale, double exp_mult, double adam_lr, double bias_c1, double bias_c2, double eps) {
   const int64_t A = row_factor.size(0), rows = row_factor.size(1), cols = col_factor.size(1);
   const int n_layers = static_cast<int>(weights.size());
   TORCH_CHECK(n_layers >= 2 && biases.size() == weights.size(), "fused: bad MLP layers");
   for (int l = 0; l < n_layers; ++l) {
+    if (weights[l].dim() == 3) weights[l] = weights[l].select(0, which);  // stacked over tensors (velo)
+    if (biases[l].dim() == 2) biases[l] = biases[l].select(0, which);
     weights[l] = float32(weights[l], "MLP weights");
     biases[l] = float32(biases[l], "MLP biases");
     TORCH_CHECK(weights[l].dim() == 2 && weights[l].size(1) == biases[l].numel(), "fused: bad MLP layer shapes");
@@ -820,7 +864,23 @@ void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tens
   apply_update(in, net);
 }
 
+// The update's exp on a float32 tensor, so tests can check it against torch.exp directly (through
+// the update its error would hide under the update's tolerance).
+torch::Tensor update_exp(torch::Tensor x) {
+  x = float32(x, "x");
+  auto out = torch::empty_like(x);
+  const float* in = x.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t e = 0; e < x.numel(); e += GROUP) {
+    const int64_t len = std::min<int64_t>(GROUP, x.numel() - e);
+    store_group(o + e, exponential_near_zero(load_group(in + e, len)), len);
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("plan_tensor", &plan_tensor, "First pass: Adafactor factors and feature statistics of one tensor");
   module.def("apply_tensor", &apply_tensor, "Second pass: one fused per-parameter-MLP step of one tensor, in place");
+  module.def("update_exp", &update_exp, "The kernel's exp (for tests)");
+  module.def("velo_tensor_level", &velo_tensor_level, "VeLO's loss features, per-tensor LSTM step and hypernetwork");
 }
