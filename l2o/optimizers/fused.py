@@ -8,7 +8,9 @@ them before the MLP can run) and one that recomputes the features, runs the MLP 
 update. `csrc/per_param_mlp.cpp` does exactly that, 16 coordinates at a time in registers, and
 writes the parameters and accumulators in place. Each tensor costs two calls into it (`plan`,
 `apply`); everything between them (Adafactor's factors, folding the normalization into the first
-layer) happens inside those calls, so the per-tensor overhead is tens of microseconds.
+layer) happens inside those calls, so the per-tensor overhead is tens of microseconds. VeLO adds
+one call per step between the passes, `csrc/velo_tensor_level.cpp`: its loss features, per-tensor
+LSTM and hypernetwork for all tensors at once (as ~70 small torch ops they cost ~1 ms a step).
 
 It is inference only (no autograd, float32 CPU tensors); meta-training keeps the pure functional
 step, which stays the reference: tests check that both give the same parameters and state.
@@ -88,6 +90,11 @@ def kernels():
         return _EXTENSION
 
 
+def _kernels():
+    """`kernels()` without the lock once built: it is called twice per tensor per step."""
+    return _EXTENSION if _EXTENSION is not None else kernels()
+
+
 def available() -> bool:
     try:
         kernels()
@@ -110,7 +117,7 @@ def unsupported(lopt) -> Optional[str]:
 
 def applies_to(tensors: Sequence[Tensor]) -> bool:
     """Whether the kernel handles these tensors (float32, CPU, contiguous, non-empty)."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and t.numel() > 0 for t in tensors)
+    return all(t.is_cpu and t.dtype is torch.float32 and t.is_contiguous() and t.numel() > 0 for t in tensors)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,6 +146,13 @@ def factor_layout(shape: Tuple[int, ...], d_row: int, d_col: int) -> Tuple[Tenso
     row_base, row_step = base_and_step(d_col)
     col_base, col_step = base_and_step(d_row)
     return row_base, col_base, row_step, col_step
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_of(shape: Tuple[int, ...]) -> Tuple[int, Tuple[Tensor, Tensor, int, int]]:
+    """(d_row, factor_layout) of a shape: per-tensor Python work that only depends on the shape."""
+    d_row, d_col = factored_dims(shape)
+    return d_row, factor_layout(shape, d_row, d_col)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,7 +184,7 @@ class TensorPlan:
     row_factor: Tensor  # (A, rows) / (A, cols) flattened rsqrt factors
     col_factor: Tensor
     summary: Tensor  # mean squares of the per-coordinate, row and column features, then the stats
-    n_full: int
+    feature_rows: Tuple[List[int], List[int], List[int]]  # `_feature_rows`: full, row, column
     layout: Tuple[Tensor, Tensor, int, int]
     call: tuple  # the arguments both kernel calls share
     small_clip: bool
@@ -179,7 +193,7 @@ class TensorPlan:
     def stats_at(self) -> int:
         """Where VeLO's statistics (plan(stats=True)) start in `summary`: mean |g|, mean |m_k| (K),
         mean sqrt(rms); summary[1] is the mean of p² (the feature "p")."""
-        return self.n_full + 2 * self.row_factor.shape[0]
+        return len(self.feature_rows[0]) + 2 * self.row_factor.shape[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -200,15 +214,14 @@ def plan(
 
     `small_clip` adds VeLO's clip(g, ±0.1) feature; `stats` computes its mean |g|, |m_k|, sqrt(rms).
     """
-    d_row, d_col = factored_dims(p.shape)
-    layout = factor_layout(tuple(p.shape), d_row, d_col)
+    d_row, layout = _layout_of(tuple(p.shape))
     call = (p, g, acc["m"], acc["rms"], acc["fac_m"])
-    fac_row, fac_col, row_factor, col_factor, summary = kernels().plan_tensor(
+    fac_row, fac_col, row_factor, col_factor, summary = _kernels().plan_tensor(
         *call, acc["fac_row"], acc["fac_col"], *layout, d_row,
         consts.decays, consts.adafactor, consts.clip, ADAFACTOR_EPS, small_clip, stats,
     )
-    n_full = len(_feature_rows(fs, small_clip)[0])
-    return TensorPlan(acc, fac_row, fac_col, row_factor, col_factor, summary, n_full, layout, call, small_clip)
+    feature_rows = _feature_rows(fs, small_clip)
+    return TensorPlan(acc, fac_row, fac_col, row_factor, col_factor, summary, feature_rows, layout, call, small_clip)
 
 
 def apply(
@@ -230,9 +243,9 @@ def apply(
     or those of several tensors stacked ((T, in, out), (T, out)), of which this one's is `which`;
     `adam` = (lr, 1-β1^t, 1-β2^t, eps) for the deterministic init's Adam term.
     """
-    full, rows, cols = _feature_rows(fs, tp.small_clip)
+    full, rows, cols = tp.feature_rows
     lr, c1, c2, eps = adam if adam is not None else (0.0, 1.0, 1.0, 1.0)
-    kernels().apply_tensor(
+    _kernels().apply_tensor(
         *tp.call, tp.row_factor, tp.col_factor, *tp.layout, consts.decays, consts.clip, tp.small_clip, tp.summary,
         [w for w, _ in layers], [b for _, b in layers], which, full, rows, cols, norm_eps,
         multiplier * scale, float(exp_mult), multiplier * lr, float(c1), float(c2), float(eps),

@@ -501,28 +501,26 @@ void chunk_sums(const Inputs& in, int64_t row_begin, int64_t row_end, double* ro
   }
 }
 
-// Per-chunk sums (chunks, n_full + K + 2), in double: Σf² of each full feature, then (if `stats`;
-// zeros otherwise) Σ|g|, Σ|m_k|, Σsqrt(rms), VeLO's tensor statistics. The caller sums the chunks in
-// a fixed order, so results do not depend on the number of threads.
-torch::Tensor feature_sums(const Inputs& in, bool stats) {
+// The tensor's sums (n_full + K + 2), in double: Σf² of each full feature, then (if `stats`; zeros
+// otherwise) Σ|g|, Σ|m_k|, Σsqrt(rms), VeLO's tensor statistics. Made per fixed-size chunk and added
+// in a fixed order, so results do not depend on the number of threads.
+std::vector<double> feature_sums(const Inputs& in, bool stats) {
   const int64_t per = rows_per_chunk(in);
   const int64_t chunks = (in.outer + per - 1) / per;
   const int width = in.n_full + in.K + 2;
-  auto out = torch::zeros({chunks, width}, torch::kFloat64);
-  double* acc = out.data_ptr<double>();
+  std::vector<double> acc(chunks * width, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t r0 = c * per, r1 = std::min(in.outer, (c + 1) * per);
       if (stats)
-        chunk_sums<true>(in, r0, r1, acc + c * width);
+        chunk_sums<true>(in, r0, r1, acc.data() + c * width);
       else
-        chunk_sums<false>(in, r0, r1, acc + c * width);
+        chunk_sums<false>(in, r0, r1, acc.data() + c * width);
     }
   });
-  auto total = torch::zeros({width}, torch::kFloat64);  // chunks added in order: thread-independent
-  double* sum = total.data_ptr<double>();
+  std::vector<double> total(width, 0.0);  // chunks added in order: thread-independent
   for (int64_t c = 0; c < chunks; ++c)
-    for (int j = 0; j < width; ++j) sum[j] += acc[c * width + j];
+    for (int j = 0; j < width; ++j) total[j] += acc[c * width + j];
   return total;
 }
 
@@ -722,10 +720,10 @@ std::vector<torch::Tensor> plan_tensor(torch::Tensor p, torch::Tensor g, torch::
   const int64_t A = static_cast<int64_t>(ada_decays.size()), n = p.numel();
   TORCH_CHECK(A >= 1 && A <= MAX_A && fac_row.size(0) == A && fac_col.size(0) == A, "fused: bad Adafactor decays");
   const int64_t rows = fac_row.numel() / A, cols = fac_col.numel() / A, outer = row_base.numel();
-  auto row_sums = torch::zeros({rows}, torch::kFloat32), col_sums = torch::zeros({cols}, torch::kFloat32);
+  std::vector<float> row_sums(rows, 0.0f), col_sums(cols, 0.0f);
   factor_sums(g.data_ptr<float>(), row_base.data_ptr<int64_t>(), col_base.data_ptr<int64_t>(), outer, n / outer,
-              row_step, col_step, static_cast<float>(clip), static_cast<float>(ada_eps), row_sums.data_ptr<float>(),
-              col_sums.data_ptr<float>());
+              row_step, col_step, static_cast<float>(clip), static_cast<float>(ada_eps), row_sums.data(),
+              col_sums.data());
 
   // The accumulators' EMAs of the means, and the factors rsqrt(row/mean over d_row of row), rsqrt(col).
   auto new_row = torch::empty_like(fac_row), new_col = torch::empty_like(fac_col);
@@ -738,7 +736,7 @@ std::vector<torch::Tensor> plan_tensor(torch::Tensor p, torch::Tensor g, torch::
     const float *old_r = fac_row.data_ptr<float>() + a * rows, *old_c = fac_col.data_ptr<float>() + a * cols;
     float *nr = new_row.data_ptr<float>() + a * rows, *nc = new_col.data_ptr<float>() + a * cols;
     float *rf = row_factor.data_ptr<float>() + a * rows, *cf = col_factor.data_ptr<float>() + a * cols;
-    const float *rs = row_sums.data_ptr<float>(), *cs = col_sums.data_ptr<float>();
+    const float *rs = row_sums.data(), *cs = col_sums.data();
     std::fill(mean.begin(), mean.end(), 0.0);
     const auto batch = [&](int64_t e) { return (e / (stride * along)) * stride + e % stride; };
     for (int64_t e = 0; e < rows; ++e) {
@@ -755,7 +753,7 @@ std::vector<torch::Tensor> plan_tensor(torch::Tensor p, torch::Tensor g, torch::
   const Inputs in = make_inputs(p, g, m, rms, fac_m, row_factor, col_factor, row_base, col_base, row_step, col_step,
                                 decays, A, clip, small_clip);
   const auto sums = feature_sums(in, stats);
-  const double* s = sums.data_ptr<double>();
+  const double* s = sums.data();
   const int64_t K = in.K, n_full = in.n_full;
   auto summary = torch::zeros({n_full + 2 * A + K + 2}, torch::kFloat32);
   float* out = summary.data_ptr<float>();
