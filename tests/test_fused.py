@@ -96,16 +96,19 @@ def test_large_log_magnitudes_take_the_full_exp():
     _run_both("mlp", {}, [(30, 40), (12,)], grad_scales=[1.0, 1e-2], edit_meta=scale_mu)
 
 
-def test_nan_gradient_propagates_like_the_functional_step():
-    lopt = build("mlp")
+@pytest.mark.parametrize("name", ["mlp", "velo"])
+def test_nan_gradient_propagates_like_the_functional_step(name):
+    lopt = build(name)
     meta = lopt.init_meta(torch.Generator().manual_seed(0))
-    ref = {"w": torch.randn(20, 30)}
-    out = {"w": ref["w"].clone()}
-    grads = {"w": torch.randn(20, 30)}
+    ref = {"w": torch.randn(20, 30), "b": torch.randn(20)}
+    out = {k: v.clone() for k, v in ref.items()}
+    grads = {"w": torch.randn(20, 30), "b": torch.randn(20)}
     grads["w"][3, 4] = float("nan")
-    ref, _ = lopt.step(meta, ref, grads, lopt.init_state(meta, ref), None)
-    lopt.fused_step(meta, out, grads, lopt.init_state(meta, out), None)
-    assert torch.equal(torch.isnan(ref["w"]), torch.isnan(out["w"]))
+    context, loss = {"horizon": torch.tensor(10.0)}, torch.tensor(1.0)
+    ref, _ = lopt.step(meta, ref, grads, lopt.init_state(meta, ref, context), loss)
+    lopt.fused_step(meta, out, grads, lopt.init_state(meta, out, context), loss)
+    for k in ref:
+        assert torch.equal(torch.isnan(ref[k]), torch.isnan(out[k])), k
 
 
 def test_results_do_not_depend_on_the_number_of_threads():

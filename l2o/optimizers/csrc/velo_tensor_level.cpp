@@ -46,7 +46,10 @@ void affine(const float* x, int64_t n_in, const float* w, const float* b, int64_
     for (int64_t j = 0; j < n_out; ++j) out[j] += x[i] * w[i * n_out + j];
 }
 
-float relu(float x) { return x > 0.0f ? x : 0.0f; }
+// NaN propagates as through torch.relu and torch.max (the functional step): a NaN gradient gives NaN
+// updates on both paths, not finite ones on this one.
+float relu(float x) { return x < 0.0f ? 0.0f : x; }
+float max_keep_nan(float a, float b) { return std::isnan(b) || b > a ? b : a; }
 float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 }  // namespace
@@ -119,7 +122,7 @@ TensorLevel velo_tensor_level(const Meta& meta, const torch::Tensor& t, const to
     affine(row.data(), n_in, w_in, b_in, E, z.data() + i * E);
     for (int64_t j = 0; j < E; ++j) z[i * E + j] = relu(z[i * E + j]);
     affine(z.data() + i * E, E, w_mix, b_mix, E, tmp.data());
-    for (int64_t j = 0; j < E; ++j) mixed[j] = std::max(mixed[j], relu(tmp[j]));
+    for (int64_t j = 0; j < E; ++j) mixed[j] = max_keep_nan(mixed[j], relu(tmp[j]));
   }
 
   // Each basis MLP's first-layer bias with the time features folded in: they are the same for every
