@@ -167,19 +167,13 @@ class VeLOOptimizer(FunctionalOptimizer):
         feats = (2 * (corrected - lo) / (hi - lo).clamp_min(_LOG_FLOOR) - 1).clamp(-1, 1)
         return feats, {"loss_ema": loss_ema, "loss_min": lo, "loss_max": hi}
 
-    def _tensor_stats(self, p: Tensor, g: Tensor, acc) -> Tuple[Tensor, Tensor]:
-        """(RMS(p), 0.1·log of scale statistics relative to RMS(p))."""
-        m = acc["m"].reshape(acc["m"].shape[0], -1)
-        return self._stats_from_means(
-            p.square().mean(), g.abs().mean(), m.abs().mean(dim=1), safe_sqrt(acc["rms"]).mean()
-        )
-
     @staticmethod
-    def _stats_from_means(mean_p2: Tensor, mean_abs_g: Tensor, mean_abs_m: Tensor, mean_sqrt_rms: Tensor):
-        """(RMS(p), 0.1·log-statistics) from one tensor's means (shapes (), (), (K,), ())."""
-        rms_p = torch.sqrt(mean_p2 + 1e-9)
-        stats = torch.cat([mean_abs_g[..., None], mean_abs_m, mean_sqrt_rms[..., None]], dim=-1)
-        logs = torch.cat([torch.log(stats / rms_p[..., None] + _LOG_FLOOR), torch.log(rms_p)[..., None]], dim=-1)
+    def _tensor_stats(p: Tensor, g: Tensor, acc) -> Tuple[Tensor, Tensor]:
+        """(RMS(p), 0.1·log of scale statistics relative to RMS(p) and of RMS(p))."""
+        m = acc["m"].reshape(acc["m"].shape[0], -1)
+        rms_p = torch.sqrt(p.square().mean() + 1e-9)
+        stats = torch.cat([g.abs().mean()[None], m.abs().mean(dim=1), safe_sqrt(acc["rms"]).mean()[None]])
+        logs = torch.cat([torch.log(stats / rms_p + _LOG_FLOOR), torch.log(rms_p)[None]])
         return rms_p, 0.1 * logs
 
     def _start(self, meta, params, state, loss):

@@ -880,5 +880,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("plan_tensor", &plan_tensor, "First pass: Adafactor factors and feature statistics of one tensor");
   module.def("apply_tensor", &apply_tensor, "Second pass: one fused per-parameter-MLP step of one tensor, in place");
   module.def("update_exp", &update_exp, "The kernel's exp (for tests)");
-  module.def("velo_tensor_level", &velo_tensor_level, "VeLO's loss features, per-tensor LSTM step and hypernetwork");
+  bind_velo_tensor_level(module);
 }

@@ -13,8 +13,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
 
 namespace {
+
+using Meta = std::unordered_map<std::string, torch::Tensor>;
+using MlpLayers = std::vector<std::tuple<torch::Tensor, torch::Tensor>>;  // [(W, b), ...]
+// (loss_ema, loss_min, loss_max, h per tensor, c per tensor, MLP layers stacked over tensors, scales)
+using TensorLevel = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>,
+                               std::vector<torch::Tensor>, MlpLayers, std::vector<double>>;
 
 constexpr float LOG_FLOOR = 1e-12f;  // velo.py's _LOG_FLOOR
 constexpr int64_t RANKS = 5;         // the rank one-hot: 0, 1, 2, 3, ≥ 4
@@ -51,8 +61,6 @@ void affine(const float* x, int64_t n_in, const float* w, const float* b, int64_
 float relu(float x) { return x < 0.0f ? 0.0f : x; }
 float max_keep_nan(float a, float b) { return std::isnan(b) || b > a ? b : a; }
 float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-
-}  // namespace
 
 // One step of VeLO's tensor-level network for T parameter tensors. `t`: steps taken including this
 // one; `summaries`: each tensor's plan_tensor summary, whose statistics start at `stats_at`.
@@ -180,4 +188,10 @@ TensorLevel velo_tensor_level(const Meta& meta, const torch::Tensor& t, const to
   }
   const auto out_scalar = [&](float v) { return torch::full({}, v, torch::kFloat32); };
   return {new_ema, out_scalar(lo), out_scalar(hi), h.unbind(0), c.unbind(0), layers, scales};
+}
+
+}  // namespace
+
+void bind_velo_tensor_level(pybind11::module& module) {
+  module.def("velo_tensor_level", &velo_tensor_level, "VeLO's loss features, per-tensor LSTM step and hypernetwork");
 }
