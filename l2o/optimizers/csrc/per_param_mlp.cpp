@@ -536,7 +536,6 @@ struct Mlp {
   int active[N_SLOTS], n_active = 0;  // the slots in use (wide MLPs loop over them)
   float scale, exp_mult, adam_lr, bias_c1, bias_c2, eps;
 
-  const vf* first(int slot) const { return w0.data() + slot * HB; }
   const vf* layer(int l) const { return hidden.data() + l * (HB * HB + HB); }
 };
 
@@ -773,9 +772,9 @@ std::vector<torch::Tensor> plan_tensor(torch::Tensor p, torch::Tensor g, torch::
 // Second pass over one tensor, in place: p ← p - exp(exp_mult·μ)·(scale·d + adam_lr·m̂₀/(sqrt(v̂)+eps))
 // and the accumulators. `weights`/`biases`: the per-parameter MLP, its first layer (F, H) over the
 // features in FeatureSet.names() order with the time features already in its bias; each may be
-// stacked over tensors ((T, in, out), (T, out)), of which this tensor's is number `which`; `full`, `row`,
-// `col`: where the per-coordinate features, the row factors and the column factors are in that
-// order. The RMS normalization (from plan_tensor's summary) is folded into the first layer, whose
+// stacked over tensors ((T, in, out), (T, out)), of which this tensor's is number `which`; `full`,
+// `row`, `col`: where the per-coordinate features, the row factors and the column factors are in
+// that order. The RMS normalization (from plan_tensor's summary) is folded into the first layer, whose
 // row/column part and bias become per-row and per-column tables; the hidden width is padded with
 // zero units (which stay zero through ReLU) to the power of two the kernel is compiled for.
 void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms, torch::Tensor fac_m,
@@ -783,7 +782,8 @@ void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tens
                   int64_t row_step, int64_t col_step, std::vector<double> decays, double clip, bool small_clip,
                   torch::Tensor summary, std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases,
                   int64_t which, std::vector<int64_t> full, std::vector<int64_t> row, std::vector<int64_t> col,
-                  double norm_eps, double scale, double exp_mult, double adam_lr, double bias_c1, double bias_c2, double eps) {
+                  double norm_eps, double scale, double exp_mult, double adam_lr, double bias_c1, double bias_c2,
+                  double eps) {
   const int64_t A = row_factor.size(0), rows = row_factor.size(1), cols = col_factor.size(1);
   const int n_layers = static_cast<int>(weights.size());
   TORCH_CHECK(n_layers >= 2 && biases.size() == weights.size(), "fused: bad MLP layers");

@@ -144,13 +144,27 @@ TensorLevel velo_tensor_level(const Meta& meta, const torch::Tensor& t, const to
     affine(time_feats.data(), n_time, bank_w0 + (k * n_rows0 + n_feat) * hidden, bank_b0 + k * hidden, hidden,
            time_bias.data() + k * hidden);
 
+  // The bank, layer by layer: (K, fan_in, fan_out) weights of which the mixture uses the first
+  // `used` of each member's (layer 0: the per-parameter rows), and (K, fan_out) biases.
+  struct BankLayer {
+    const float *w, *b;
+    int64_t fan_in, fan_out, used;
+  };
+  std::vector<BankLayer> bank;
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const int64_t fan_in = l == 0 ? n_rows0 : hidden, fan_out = l + 1 < n_layers ? hidden : 2;
+    const std::string at = std::to_string(l);
+    bank.push_back({weights_of(meta, "bank.w" + at, {K, fan_in, fan_out}),
+                    l == 0 ? time_bias.data() : weights_of(meta, "bank.b" + at, {K, fan_out}), fan_in, fan_out,
+                    (l == 0 ? n_feat : fan_in) * fan_out});
+  }
+
   // Outputs stacked over tensors: apply_tensor reads tensor i's slice, so no per-tensor objects.
   auto h = torch::empty({T, H}, torch::kFloat32), c = torch::empty({T, H}, torch::kFloat32);
   MlpLayers layers;
-  for (int64_t l = 0; l < n_layers; ++l) {
-    const int64_t fan_in = l == 0 ? n_feat : hidden, fan_out = l + 1 < n_layers ? hidden : 2;
-    layers.emplace_back(torch::zeros({T, fan_in, fan_out}, torch::kFloat32), torch::zeros({T, fan_out}, torch::kFloat32));
-  }
+  for (const auto& layer : bank)
+    layers.emplace_back(torch::zeros({T, layer.used / layer.fan_out, layer.fan_out}, torch::kFloat32),
+                        torch::zeros({T, layer.fan_out}, torch::kFloat32));
   std::vector<double> scales(T);
 
   // One LSTM step per tensor (gate order i, f, g, o, as base.lstm_cell), the heads, the hypernetwork.
@@ -174,15 +188,13 @@ TensorLevel velo_tensor_level(const Meta& meta, const torch::Tensor& t, const to
     scales[i] = step_mult * double(rms_p[i]) * double(std::exp(alpha[0]));
 
     for (int64_t l = 0; l < n_layers; ++l) {
-      const int64_t fan_in = l == 0 ? n_rows0 : hidden, fan_out = l + 1 < n_layers ? hidden : 2;
-      const int64_t used = l == 0 ? n_feat * fan_out : fan_in * fan_out;  // layer 0: the per-parameter rows
-      const float* bank_w = l == 0 ? bank_w0 : weights_of(meta, "bank.w" + std::to_string(l), {K, fan_in, fan_out});
-      const float* bank_b = l == 0 ? time_bias.data() : weights_of(meta, "bank.b" + std::to_string(l), {K, fan_out});
-      float* wp = std::get<0>(layers[l]).data_ptr<float>() + i * used;
-      float* bp = std::get<1>(layers[l]).data_ptr<float>() + i * fan_out;
+      const BankLayer& layer = bank[l];
+      float* wp = std::get<0>(layers[l]).data_ptr<float>() + i * layer.used;
+      float* bp = std::get<1>(layers[l]).data_ptr<float>() + i * layer.fan_out;
       for (int64_t k = 0; k < K; ++k) {
-        for (int64_t e = 0; e < used; ++e) wp[e] += mix[k] * bank_w[k * fan_in * fan_out + e];
-        for (int64_t j = 0; j < fan_out; ++j) bp[j] += mix[k] * bank_b[k * fan_out + j];
+        const float* member = layer.w + k * layer.fan_in * layer.fan_out;
+        for (int64_t e = 0; e < layer.used; ++e) wp[e] += mix[k] * member[e];
+        for (int64_t j = 0; j < layer.fan_out; ++j) bp[j] += mix[k] * layer.b[k * layer.fan_out + j];
       }
     }
   }
