@@ -49,14 +49,14 @@ class FusedUnavailable(RuntimeError):
 
 
 def _compile_flags() -> List[str]:
-    """-O3, and the vector ISA torch itself dispatches to (so at::vec's exp is Sleef's vector one)."""
+    """-O3, and the vector ISA torch itself dispatches to on this CPU (the kernel's 8-wide vectors
+    are one AVX register there)."""
     flags = ["-O3", "-fno-math-errno", "-fopenmp"]
     capability = torch.backends.cpu.get_cpu_capability()
     if capability == "AVX2":
-        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        flags += ["-mavx2", "-mfma"]
     elif capability.startswith("AVX512"):
         flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
-        flags += ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     return flags
 
 

@@ -125,7 +125,7 @@ inline vf square_root(vf x) {
 #endif
 }
 
-// exp(x), Cephes' expf inlined (≤ 2 ulp; at::vec's Sleef exp is an out-of-line call per group):
+// exp(x), Cephes' expf inlined (≤ 2 ulp; ATen's vectorized Sleef exp is an out-of-line call per group):
 // x = n·ln2 + r with |r| ≤ ln2/2, a degree-5 polynomial for exp(r), and 2^n as two factors
 // 2^⌊n/2⌋·2^⌈n/2⌉ built from exponent bits, so overflow gives inf and underflow denormals or 0, as
 // torch.exp. NaN stays NaN.
