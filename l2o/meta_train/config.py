@@ -44,12 +44,17 @@ class Config:
     device: str = "cpu"
     compile: bool = False  # run each truncation's unroll under torch.compile (see docs/meta_training.md)
     threads: int = 1  # torch intra-op threads (small unrolls run fastest on one); 0 = torch's default
+    validate_every: int = 0  # outer steps between meta-validations (0 = off); checkpoint = best by validation
+    validation_tasks: int = 4  # held-out tasks per family scored at each validation
+    validation_steps: int = 0  # inner steps of a validation run; 0 = the horizon
 
     def validate(self) -> "Config":
         positive = ["tasks_per_family", "unroll_length", "outer_steps", "checkpoint_every", "log_every"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.validate_every < 0 or self.validation_steps < 0 or self.validation_tasks < 1:
+            raise ConfigError("validate_every and validation_steps must be ≥ 0, validation_tasks ≥ 1")
         if self.horizon < 0:
             raise ConfigError(f"horizon must be ≥ 0 (0 = the suite's), got {self.horizon}")
         if self.horizon and self.horizon % self.unroll_length:

@@ -28,12 +28,14 @@ from l2o.meta_train.distributed import Collective
 from l2o.meta_train.estimators import build_estimator
 from l2o.meta_train.schedules import HorizonSchedule
 from l2o.meta_train.unroll import TaskGroup
+from l2o.meta_train.validation import MetaValidator
 from l2o.task_distributions import get_suite
 from l2o.task_distributions.base import generator
 
-CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT = "checkpoint.safetensors"  # the best by meta-validation when validation is on, else the last
+LAST = "last.safetensors"  # the last meta-parameters, beside the best
 TRAIN_STATE = "train_state.safetensors"
-_RUN_FILES = (CHECKPOINT, "checkpoint.json", TRAIN_STATE, "config.json", "tb")
+_RUN_FILES = (CHECKPOINT, "checkpoint.json", LAST, "last.json", TRAIN_STATE, "config.json", "tb")
 
 
 class MetaTrainer:
@@ -108,7 +110,11 @@ class MetaTrainer:
         ]
         self.step = 0
         self.counters = {"skipped_updates": 0, "nonfinite_tasks": 0}
-        self.history: Dict[str, list] = {"meta_loss": [], "meta_grad_norm": [], "inner_loss": []}
+        self.history: Dict[str, list] = {"meta_loss": [], "meta_grad_norm": [], "inner_loss": [], "validation": []}
+        self.validator = None
+        if config.validate_every:
+            steps = config.validation_steps or self.horizon
+            self.validator = MetaValidator(self.lopt, self.suite, config.validation_tasks, steps, self.device)
         if resume:
             self._load_train_state()
         else:
@@ -143,7 +149,26 @@ class MetaTrainer:
             "suite": self.config.suite,
             "outer_steps": self.step,
             "final_meta_loss": self.history["meta_loss"][-1] if self.history["meta_loss"] else None,
+            **({"validation": self.best_validation()} if self.validator else {}),
         }
+
+    def best_validation(self) -> Optional[Dict]:
+        """{"step", "score"} of the best meta-validation so far (lowest score), None before the first."""
+        valid = [(score, step) for step, score in self.history.get("validation", [])]
+        if not valid:
+            return None
+        score, step = min(valid)
+        return {"step": step, "score": score}
+
+    def _validate(self, writer) -> None:
+        """Score the current meta-params; when they are the best so far they become the checkpoint."""
+        score = self.validator.score(self.meta)
+        best = self.best_validation()
+        self.history["validation"].append([self.step, score])
+        if writer is not None:
+            writer.add_scalar("meta_valid/score", score, self.step)
+        if self.collective.is_main and (best is None or score < best["score"]):
+            checkpoints.save(self.out / CHECKPOINT, self.lopt, self.meta, self.checkpoint_info())
 
     def save(self) -> None:
         """Rank 0 writes the checkpoint and the training state (with every rank's groups, gathered)."""
@@ -155,7 +180,7 @@ class MetaTrainer:
         if not self.collective.is_main:
             return
         groups = dict(item for rank in gathered for item in rank["groups"])
-        checkpoints.save(self.out / CHECKPOINT, self.lopt, self.meta, self.checkpoint_info())
+        checkpoints.save(self.out / (LAST if self.validator else CHECKPOINT), self.lopt, self.meta, self.checkpoint_info())
         tensors: Dict[str, torch.Tensor] = {}
         payload = {
             "meta": self.meta,
@@ -204,6 +229,7 @@ class MetaTrainer:
             _set_rng_state(rng[self.collective.rank], self.device)
         self.counters = payload["counters"]
         self.history = payload["history"]
+        self.history.setdefault("validation", [])
         self.step = header["step"]
 
     # -- training -------------------------------------------------------------------------------------
@@ -236,6 +262,8 @@ class MetaTrainer:
         )
         start, started_at = time.perf_counter(), self.step
         try:
+            if self.validator and not self.history["validation"]:
+                self._validate(writer)  # the init is the first candidate: a run never ships worse
             while self.step < cfg.outer_steps:
                 t0 = time.perf_counter()
                 grads, stats = self.estimator.meta_gradient(self.meta, self.groups, self.collective)
@@ -251,8 +279,12 @@ class MetaTrainer:
                         writer.add_scalar(f"meta_train/{key}", value, self.step)
                     for key, value in self.counters.items():
                         writer.add_scalar(f"meta_train/{key}_total", value, self.step)
+                if self.validator and self.step % cfg.validate_every == 0:
+                    self._validate(writer)
                 bar.update(1)
-                bar.set_postfix(meta_loss=f"{stats['meta_loss']:.3f}", grad=f"{norm:.2g}")
+                best = self.best_validation()
+                valid = {"valid": f"{best['score']:.3f}@{best['step']}"} if best else {}
+                bar.set_postfix(meta_loss=f"{stats['meta_loss']:.3f}", grad=f"{norm:.2g}", **valid)
                 if self.step % cfg.checkpoint_every == 0:
                     self.save()
                     saved_at = self.step

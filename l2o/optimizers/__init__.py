@@ -19,6 +19,8 @@ _REGISTRY: Dict[str, str] = {
     "lstm": "l2o.optimizers.lstm:LSTMOptimizer",
     "mlp": "l2o.optimizers.mlp:MLPOptimizer",
     "velo": "l2o.optimizers.velo:VeLOOptimizer",
+    "celo": "l2o.optimizers.celo:Celo",
+    "celo-base": "l2o.optimizers.celo:CeloBase",
     "transformer_bfgs": "l2o.optimizers.transformer_bfgs:TransformerBFGS",
     "lodo": "l2o.optimizers.lodo:LODOFunctional",
     "ntk_gd": "l2o.optimizers.ntk_gd:NTKGD",

@@ -6,7 +6,13 @@ plain dicts of tensors that are passed in and returned, so `torch.func.vmap` (ov
 
     meta  = opt.init_meta(generator)                       # MetaParams: the learned weights
     state = opt.init_state(meta, params, context)          # State: per-run values
-    params, state = opt.step(meta, params, grads, state, loss)
+    updates, state = opt.update(meta, grads, state, params, loss)
+    params = apply_updates(params, updates)                # = opt.step(meta, params, grads, state, loss)
+
+`update` returning *updates* (not new parameters) is what lets rules compose as optax's do
+(`l2o.optimizers.transforms`: chain, routing by parameter label, weight decay, orthogonalization, a
+base optimizer plus a learned correction). An optimizer implements `update` or `step`; the base class
+derives the other.
 
 `context` (optional) is a dict of per-task constants an optimizer may condition on: "horizon" (the
 planned number of steps; the trainer and `LearnedOptimizer(num_steps=...)` set it) and task-specific
@@ -48,23 +54,42 @@ class FunctionalOptimizer(abc.ABC):
     needs_loss: ClassVar[bool] = False  # True if `step` reads the loss (the adapter then requires it)
     meta_trainable: ClassVar[bool] = True  # False for methods that learn online (LODO)
 
-    @abc.abstractmethod
     def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
-        """Fresh meta-parameters (learned weights), drawn from `generator` when the init is random."""
+        """Fresh meta-parameters (learned weights), drawn from `generator` when the init is random.
+        Hand-designed transforms have none."""
+        return {}
 
     @abc.abstractmethod
     def init_state(self, meta: MetaParams, params: Params, context: Optional[Context] = None) -> State:
         """Per-run state for `params` (on their device and dtype); `context` as in the module doc."""
 
-    @abc.abstractmethod
+    def update(
+        self, meta: MetaParams, grads: Params, state: State, params: Params, loss: Optional[Tensor] = None
+    ) -> Tuple[Params, State]:
+        """One step's updates (params_new = params + updates) and the new state; pure.
+
+        `grads` are the gradients, or the updates of the transform before this one in a chain."""
+        if not _overrides(type(self), "step"):
+            raise TypeError(f"{type(self).__name__} must implement update() or step()")
+        new_params, state = self.step(meta, params, grads, state, loss)
+        return tree_map(torch.sub, new_params, params), state
+
     def step(
-        self, meta: MetaParams, params: Params, grads: Params, state: State, loss: Optional[Tensor]
+        self, meta: MetaParams, params: Params, grads: Params, state: State, loss: Optional[Tensor] = None
     ) -> Tuple[Params, State]:
         """One optimizer step: new params and new state; pure, so vmap and grad compose."""
+        if not _overrides(type(self), "update"):
+            raise TypeError(f"{type(self).__name__} must implement update() or step()")
+        updates, state = self.update(meta, grads, state, params, loss)
+        return apply_updates(params, updates), state
 
     def hyperparameters(self) -> dict:
         """The constructor arguments, JSON-serializable: what a checkpoint stores to rebuild `self`."""
         return dataclasses.asdict(self)
+
+
+def _overrides(cls, method: str) -> bool:
+    return getattr(cls, method) is not getattr(FunctionalOptimizer, method)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,6 +99,11 @@ class FunctionalOptimizer(abc.ABC):
 def tree_map(fn: Callable[..., Tensor], tree: Params, *rest: Params) -> Params:
     """Apply `fn` leafwise over dicts that share keys (like optax's tree_map, one level deep)."""
     return {k: fn(v, *(r[k] for r in rest)) for k, v in tree.items()}
+
+
+def apply_updates(params: Params, updates: Params) -> Params:
+    """params + updates, leafwise (optax's apply_updates)."""
+    return {k: p + updates[k] for k, p in params.items()}
 
 
 def zeros_like_tree(tree: Params) -> Params:
@@ -118,7 +148,8 @@ def is_per_tensor(value) -> bool:
 def state_subset(state: State, names: Iterable[str]) -> State:
     """The part of a State that concerns only the parameter tensors `names` (globals kept)."""
     names = list(names)
-    return {k: ({n: v[n] for n in names} if is_per_tensor(v) else v) for k, v in state.items()}
+    # A routed transform (transforms.Partition) keeps per-tensor fields for its own tensors only.
+    return {k: ({n: v[n] for n in names if n in v} if is_per_tensor(v) else v) for k, v in state.items()}
 
 
 def state_merge(full: State, part: State) -> State:

@@ -103,7 +103,11 @@ _SUITES: Dict[str, Callable[[], Suite]] = {
 }
 
 # Modules that export more suites (e.g. the least-squares problems of ntk_gd, LODO's problems).
-_SUITE_MODULES = ["l2o.task_distributions.least_squares", "l2o.task_distributions.lodo_problems"]
+_SUITE_MODULES = [
+    "l2o.task_distributions.least_squares",
+    "l2o.task_distributions.lodo_problems",
+    "l2o.task_distributions.neural_suites",
+]
 _REGISTERED: Dict[str, Callable[[], Suite]] = {}
 
 

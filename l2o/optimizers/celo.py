@@ -1,0 +1,204 @@
+"""Celo: a small per-parameter MLP update rule whose output is RMS-normalized per tensor.
+
+Moudgil, Knyazev & Belilovsky, "Celo: Training Versatile Learned Optimizers on a Compute Diet"
+(arXiv 2501.12670) and "Celo2" (ICLR 2026, arXiv 2602.19142); docs/celo.md explains our version.
+
+The rule (`CeloRule`): one MLP (2 hidden layers × 8 ReLU units) shared by every coordinate, fed
+the features of `features.py` (gradient, parameter, momenta at 0.9/0.99/0.999, a second moment at
+0.95, rsqrt-normalized momenta and gradient, Adafactor factored statistics), each divided by its RMS
+over the tensor, plus time and training-progress features. It outputs a direction only. The update
+of a tensor is then
+
+    d̂ = normalize(base + MLP(features))             normalize(u) = u / rms(u), per tensor
+    p ← p − lr_t·(d̂ + wd·p)                          lr_t = exp(log_lr + w·progress(t/T))
+
+so the step size is set by lr_t alone, whatever the scale of the gradients: one set of weights
+serves tasks whose tuned learning rates differ. `log_lr` and the schedule weights `w` are
+meta-learned; progress features need the planned number of steps T (`num_steps=` in
+`LearnedOptimizer`, the horizon in meta-training), without it the schedule stays at its start value.
+
+Two variants (`harness`):
+- `celo` (harness=True, Celo2's): for matrices (rank ≥ 2, except names containing an entry of
+  `vector_names`, e.g. embeddings) the normalized direction is orthogonalized by Newton–Schulz
+  (as Muon) before the RMS normalization; biases, norms' gains and embeddings take AdamW
+  (β = 0.9, 0.95) at the same lr_t.
+- `celo-base` (harness=False): the learned rule for every tensor.
+
+`init = "deterministic"` (the default) starts the MLP's output layer at zero, so the untrained
+optimizer is its hand-designed base exactly:
+- celo: Muon (Nesterov momentum 0.95, orthogonalized; Jordan et al. 2024) with the update
+  RMS-matched to AdamW's scale (Liu et al. 2025, "Muon is scalable for LLM training"), AdamW for
+  vectors;
+- celo-base: Adam (β = 0.9, 0.999) with each tensor's update RMS-normalized.
+`init = "random"` is the paper's: every layer random, no base direction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State
+from l2o.optimizers.features import (
+    ACCUMULATORS,
+    FRACTION_TAUS,
+    TIME_SCALES,
+    FeatureSet,
+    accumulators_of,
+    fraction_features,
+    rms_scales,
+    stack_full,
+    time_features,
+)
+from l2o.optimizers.mlp import check_init, init_mlp, layers_from, mlp_sizes
+from l2o.optimizers import transforms as T
+
+CELO_MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
+CELO_RMS_DECAY = 0.95
+CELO_ADAFACTOR_DECAYS = (0.9, 0.99, 0.999)
+VECTOR_NAMES = ("embed", "wte", "wpe")  # substrings of parameter names routed to AdamW by the harness
+
+
+@dataclasses.dataclass(frozen=True)
+class CeloRule(FunctionalOptimizer):
+    """The learned direction MLP(features) of every incoming tensor (unnormalized; see module doc)."""
+
+    name = "celo_rule"
+    hidden: int = 8
+    layers: int = 2
+    features: FeatureSet = FeatureSet(CELO_MOMENTUM_DECAYS, CELO_RMS_DECAY, CELO_ADAFACTOR_DECAYS)
+    zero_last: bool = True
+
+    @property
+    def n_inputs(self) -> int:
+        return self.features.size + len(TIME_SCALES) + len(FRACTION_TAUS)
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        sizes = mlp_sizes(self.n_inputs, self.hidden, self.layers, n_out=1)
+        meta: MetaParams = {}
+        for i, (w, b) in enumerate(init_mlp(generator, sizes, zero_last=self.zero_last)):
+            meta[f"celo.w{i}"], meta[f"celo.b{i}"] = w, b
+        return meta
+
+    def init_state(self, meta, params, context=None) -> State:
+        return {**clock_state(params, context), **self.features.init_state(params)}
+
+    def update(self, meta, grads, state, params, loss=None):
+        fs = self.features
+        ref = next(iter(params.values()))
+        decays = fs.decays(meta, ref)
+        layers = layers_from(meta, "celo", self.layers + 1)
+        w0, b0 = layers[0]
+        # Time and progress features are the same for every coordinate: a bias of the first layer.
+        clock = torch.cat([time_features(state["t"] + 1), fraction_features(state["t"] + 1, state["horizon"])])
+        layers[0] = (w0[: fs.size], b0 + clock @ w0[fs.size :])
+        directions: Params = {}
+        new_state: State = {"t": state["t"] + 1, "horizon": state["horizon"], **{k: {} for k in ACCUMULATORS}}
+        for name, p in params.items():
+            acc, feats = fs.update(p, fs.clip(grads[name]), accumulators_of(state, name), decays)
+            directions[name] = _mlp_direction(feats, layers, p.shape)
+            for k in ACCUMULATORS:
+                new_state[k][name] = acc[k]
+        return directions, new_state
+
+
+def _mlp_direction(feats, layers, shape) -> Tensor:
+    """The MLP's one output for every coordinate; the features' per-tensor RMS normalization is folded
+    into the first weight matrix."""
+    w0, b0 = layers[0]
+    h = stack_full(feats, shape)
+    layers = [(w0 * rms_scales(feats)[:, None], b0), *layers[1:]]
+    for i, (w, b) in enumerate(layers):
+        h = h @ w + b
+        if i < len(layers) - 1:
+            h = torch.relu(h)
+    return h[:, 0].reshape(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedStepSize(FunctionalOptimizer):
+    """u ← −lr_t·u with lr_t = exp(log_lr + w·progress(t/T)); `log_lr` and `w` are meta-parameters."""
+
+    name = "learned_step_size"
+    lr: float = 1e-3
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        return {"log_lr": torch.tensor(math.log(self.lr)), "schedule": torch.zeros(len(FRACTION_TAUS))}
+
+    def init_state(self, meta, params, context=None) -> State:
+        return clock_state(params, context)
+
+    def update(self, meta, grads, state, params, loss=None):
+        t = state["t"] + 1
+        lr = torch.exp(meta["log_lr"] + fraction_features(t, state["horizon"]) @ meta["schedule"])
+        return {k: -lr * u for k, u in grads.items()}, {"t": t, "horizon": state["horizon"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Celo(FunctionalOptimizer):
+    """`celo` (harness=True) and, with harness=False, `celo-base`; see the module doc."""
+
+    name = "celo"
+    harness: bool = True
+    hidden: int = 8
+    layers: int = 2
+    lr: float = 0.01  # initial value of the meta-learned log_lr (0.01: best untrained default, docs/celo.md)
+    weight_decay: float = 0.0
+    init: str = "deterministic"
+    momentum: float = 0.95  # celo's base (Muon) momentum, Nesterov
+    adam_betas: Tuple[float, float] = (0.9, 0.95)  # the harness's AdamW for vectors
+    ns_steps: int = 5
+    vector_names: Tuple[str, ...] = VECTOR_NAMES
+
+    def __post_init__(self):
+        check_init("celo", self.init)
+        if self.hidden < 1 or self.layers < 1:
+            raise ValueError(f"celo: hidden and layers must be ≥ 1, got hidden={self.hidden}, layers={self.layers}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"celo: lr must be > 0 and weight_decay ≥ 0, got {self.lr}, {self.weight_decay}")
+        object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
+        object.__setattr__(self, "vector_names", tuple(self.vector_names))
+        object.__setattr__(self, "_chain", self._build())
+
+    def _build(self) -> T.Chain:
+        deterministic = self.init == "deterministic"
+        rule = CeloRule(self.hidden, self.layers, zero_last=deterministic)
+        if self.harness:
+            base = T.chain(T.TraceMomentum(self.momentum, nesterov=True), T.NormalizeRMS())
+            learned = T.Sum(base, rule) if deterministic else rule
+            matrices = T.chain(learned, T.Orthogonalize(self.ns_steps), T.NormalizeRMS())
+            vectors = T.scale_by_adam(*self.adam_betas)
+            direction = T.partition(T.by_name_or_ndim(self.vector_names), {"matrix": matrices, "vector": vectors})
+        else:
+            base = T.chain(T.scale_by_adam(0.9, 0.999), T.NormalizeRMS())
+            direction = T.chain(T.Sum(base, rule) if deterministic else rule, T.NormalizeRMS())
+        return T.chain(direction, T.add_decayed_weights(self.weight_decay), LearnedStepSize(self.lr))
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        return self._chain.init_meta(generator)
+
+    def init_state(self, meta, params, context=None) -> State:
+        return self._chain.init_state(meta, params, context)
+
+    def update(self, meta, grads, state, params, loss=None):
+        return self._chain.update(meta, grads, state, params, loss)
+
+
+def clock_state(params: Params, context) -> State:
+    """Step count t and planned horizon T (inf when unknown: progress t/T then stays 0)."""
+    ref = next(iter(params.values()))
+    horizon = (context or {}).get("horizon")
+    horizon = torch.full((), math.inf) if horizon is None else torch.as_tensor(horizon).clamp_min(1.0)
+    return {"t": ref.new_zeros(()), "horizon": horizon.to(ref)}
+
+
+@dataclasses.dataclass(frozen=True)
+class CeloBase(Celo):
+    """`celo-base`: the learned rule for every tensor (no orthogonalization, no AdamW branch)."""
+
+    name = "celo-base"
+    harness: bool = False

@@ -1,0 +1,336 @@
+"""Composable update transforms: optimizers built from small pure pieces, as optax builds them.
+
+Every piece is a `FunctionalOptimizer` whose `update(meta, updates, state, params, loss)` maps the
+incoming updates (the gradients, for the first piece) to new ones. Pieces compose:
+
+    chain(scale_by_adam(), add_decayed_weights(0.01), scale_by_lr(1e-3))      # = AdamW
+    partition(by_ndim, {"matrix": chain(rule, orthogonalize(), ...), "vector": adamw})
+
+- `Chain` runs pieces in order; meta-parameters of learned pieces are merged (their names must not
+  clash), states are kept per piece under "<index>/<key>".
+- `Partition` routes each parameter tensor to one transform by a label (optax's `multi_transform`):
+  labels come from a function of (name, tensor), e.g. `by_ndim` (matrices vs vectors) or
+  `by_name_or_ndim` (names matching given substrings, such as embeddings, go to the vector branch).
+- `Sum` adds the updates of two transforms fed the same input: a hand-designed base optimizer plus a
+  learned correction whose output layer starts at zero is exactly the base optimizer at init.
+
+State layout follows `base.py`: each entry is a per-tensor field (a dict keyed like Params) or a
+global tensor; under `Partition` a branch's per-tensor fields hold only that branch's tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, safe_sqrt, tree_map, zeros_like_tree
+
+Label = Callable[[str, Tensor], str]
+
+
+def _prefixed(state: State, prefix: str) -> State:
+    return {f"{prefix}/{k}": v for k, v in state.items()}
+
+
+def _unprefixed(state: State, prefix: str) -> State:
+    head = f"{prefix}/"
+    return {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
+
+
+def _merge_meta(parts: Sequence[FunctionalOptimizer], generator) -> MetaParams:
+    meta: MetaParams = {}
+    for part in parts:
+        mine = part.init_meta(generator)
+        clash = sorted(set(meta) & set(mine))
+        if clash:
+            raise ValueError(f"composed transforms share meta-parameter names {clash}")
+        meta.update(mine)
+    return meta
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain(FunctionalOptimizer):
+    """Pieces applied in order, each to the updates of the one before."""
+
+    name = "chain"
+    parts: Tuple[FunctionalOptimizer, ...] = ()
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        return _merge_meta(self.parts, generator)
+
+    def init_state(self, meta, params, context=None) -> State:
+        state: State = {}
+        for i, part in enumerate(self.parts):
+            state.update(_prefixed(part.init_state(meta, params, context), str(i)))
+        return state
+
+    def update(self, meta, grads, state, params, loss=None):
+        new_state: State = {}
+        for i, part in enumerate(self.parts):
+            grads, mine = part.update(meta, grads, _unprefixed(state, str(i)), params, loss)
+            new_state.update(_prefixed(mine, str(i)))
+        return grads, new_state
+
+    @property
+    def needs_loss(self) -> bool:  # type: ignore[override]
+        return any(part.needs_loss for part in self.parts)
+
+
+def chain(*parts: FunctionalOptimizer) -> Chain:
+    return Chain(tuple(parts))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sum(FunctionalOptimizer):
+    """base(updates) + correction(updates): "a hand-designed optimizer plus a learned correction"."""
+
+    name = "sum"
+    base: FunctionalOptimizer = None  # type: ignore[assignment]
+    correction: FunctionalOptimizer = None  # type: ignore[assignment]
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        return _merge_meta((self.base, self.correction), generator)
+
+    def init_state(self, meta, params, context=None) -> State:
+        return {
+            **_prefixed(self.base.init_state(meta, params, context), "base"),
+            **_prefixed(self.correction.init_state(meta, params, context), "correction"),
+        }
+
+    def update(self, meta, grads, state, params, loss=None):
+        u_base, s_base = self.base.update(meta, grads, _unprefixed(state, "base"), params, loss)
+        u_corr, s_corr = self.correction.update(meta, grads, _unprefixed(state, "correction"), params, loss)
+        return tree_map(torch.add, u_base, u_corr), {**_prefixed(s_base, "base"), **_prefixed(s_corr, "correction")}
+
+
+def by_ndim(name: str, p: Tensor) -> str:
+    """"matrix" for tensors of rank ≥ 2 (conv kernels included), else "vector"."""
+    return "matrix" if p.dim() >= 2 else "vector"
+
+
+def by_name_or_ndim(vector_names: Sequence[str]) -> Label:
+    """`by_ndim`, except that tensors whose name contains one of `vector_names` (e.g. "embed") are
+    "vector": Muon and Celo2 keep embeddings on AdamW."""
+    names = tuple(vector_names)
+
+    def label(name: str, p: Tensor) -> str:
+        return "vector" if any(s in name for s in names) else by_ndim(name, p)
+
+    return label
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition(FunctionalOptimizer):
+    """Route each parameter tensor to `transforms[label(name, tensor)]` (optax's multi_transform).
+
+    Labels are decided from names and shapes only, so they are the same under `vmap` and for every
+    step; a tensor whose label has no transform is an error.
+    """
+
+    name = "partition"
+    label: Label = by_ndim
+    transforms: Mapping[str, FunctionalOptimizer] = dataclasses.field(default_factory=dict)
+
+    def _split(self, tree: Params) -> Dict[str, Params]:
+        groups: Dict[str, Params] = {}
+        for name, p in tree.items():
+            label = self.label(name, p)
+            if label not in self.transforms:
+                raise ValueError(f"parameter {name!r} got label {label!r}, which has no transform")
+            groups.setdefault(label, {})[name] = p
+        return groups
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        return _merge_meta(list(self.transforms.values()), generator)
+
+    def init_state(self, meta, params, context=None) -> State:
+        state: State = {}
+        for label, sub in self._split(params).items():
+            state.update(_prefixed(self.transforms[label].init_state(meta, sub, context), label))
+        return state
+
+    def update(self, meta, grads, state, params, loss=None):
+        updates: Params = {}
+        new_state: State = dict(state)
+        for label, sub in self._split(params).items():
+            mine = _unprefixed(state, label)
+            u, mine = self.transforms[label].update(meta, {n: grads[n] for n in sub}, mine, sub, loss)
+            updates.update(u)
+            new_state.update(_prefixed(mine, label))
+        return {n: updates[n] for n in params}, new_state
+
+    @property
+    def needs_loss(self) -> bool:  # type: ignore[override]
+        return any(t.needs_loss for t in self.transforms.values())
+
+
+def partition(label: Label, transforms: Mapping[str, FunctionalOptimizer]) -> Partition:
+    return Partition(label, dict(transforms))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-designed pieces (no meta-parameters).
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stateless(FunctionalOptimizer):
+    def init_state(self, meta, params, context=None) -> State:
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleByAdam(FunctionalOptimizer):
+    """Adam's direction m̂/(sqrt(v̂)+eps) (Kingma & Ba 2015), bias-corrected as torch.optim does."""
+
+    name = "scale_by_adam"
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def init_state(self, meta, params, context=None) -> State:
+        ref = next(iter(params.values()))
+        return {"m": zeros_like_tree(params), "v": zeros_like_tree(params), "t": ref.new_zeros(())}
+
+    def update(self, meta, grads, state, params, loss=None):
+        t = state["t"] + 1
+        m = tree_map(lambda m, g: self.b1 * m + (1 - self.b1) * g, state["m"], grads)
+        v = tree_map(lambda v, g: self.b2 * v + (1 - self.b2) * g * g, state["v"], grads)
+        bc1 = 1 - self.b1 ** t.double()
+        bc2_sqrt = (1 - self.b2 ** t.double()).sqrt()
+        step = tree_map(
+            lambda m, v: (m / bc1.to(m.dtype)) / (safe_sqrt(v) / bc2_sqrt.to(v.dtype) + self.eps), m, v
+        )
+        return step, {"m": m, "v": v, "t": t}
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceMomentum(FunctionalOptimizer):
+    """Heavy-ball momentum buf ← β·buf + u (optionally Nesterov: u + β·buf), as torch.optim.SGD."""
+
+    name = "trace"
+    decay: float = 0.9
+    nesterov: bool = False
+
+    def init_state(self, meta, params, context=None) -> State:
+        return {"buf": zeros_like_tree(params)}
+
+    def update(self, meta, grads, state, params, loss=None):
+        buf = tree_map(lambda b, g: self.decay * b + g, state["buf"], grads)
+        out = tree_map(lambda g, b: g + self.decay * b, grads, buf) if self.nesterov else buf
+        return out, {"buf": buf}
+
+
+@dataclasses.dataclass(frozen=True)
+class AddDecayedWeights(_Stateless):
+    """u + wd·p: decoupled weight decay when placed before `scale_by_lr` (Loshchilov & Hutter 2019)."""
+
+    name = "add_decayed_weights"
+    weight_decay: float = 0.0
+
+    def update(self, meta, grads, state, params, loss=None):
+        if not self.weight_decay:
+            return grads, state
+        return tree_map(lambda u, p: u + self.weight_decay * p, grads, params), state
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale(_Stateless):
+    """u·factor; `scale_by_lr(lr)` is Scale(-lr): descent."""
+
+    name = "scale"
+    factor: float = 1.0
+
+    def update(self, meta, grads, state, params, loss=None):
+        return tree_map(lambda u: u * self.factor, grads), state
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipByValue(_Stateless):
+    name = "clip"
+    max_abs: float = 1.0
+
+    def update(self, meta, grads, state, params, loss=None):
+        return tree_map(lambda u: u.clamp(-self.max_abs, self.max_abs), grads), state
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipByGlobalNorm(_Stateless):
+    """Rescale all updates together so their joint L2 norm is at most max_norm (no branching)."""
+
+    name = "clip_by_global_norm"
+    max_norm: float = 1.0
+
+    def update(self, meta, grads, state, params, loss=None):
+        norm = torch.sqrt(sum(u.square().sum() for u in grads.values()))
+        factor = torch.clamp(self.max_norm / (norm + 1e-12), max=1.0)
+        return tree_map(lambda u: u * factor, grads), state
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizeRMS(_Stateless):
+    """u / rms(u) per tensor: a direction of unit RMS, so the learning rate alone sets the step size
+    (Celo2's per-step output normalization, Moudgil et al. 2026)."""
+
+    name = "normalize_rms"
+    eps: float = 1e-8
+
+    def update(self, meta, grads, state, params, loss=None):
+        return tree_map(lambda u: u / (u.square().mean().sqrt() + self.eps), grads), state
+
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton–Schulz iteration (Jordan et al. 2024)
+
+
+def newton_schulz(x: Tensor, steps: int = 5, coefficients: Sequence[float] = NS_COEFFICIENTS, eps: float = 1e-7) -> Tensor:
+    """Approximately U·Vᵀ of x = U·S·Vᵀ (its nearest semi-orthogonal matrix), for a 2-D x.
+
+    The quintic iteration X ← aX + (bA + cA²)X, A = XXᵀ, on x scaled to spectral norm ≤ 1 (by its
+    Frobenius norm) pushes every singular value towards 1 in a few steps; wide orientation keeps A
+    the smaller Gram matrix.
+    """
+    a, b, c = coefficients
+    tall = x.shape[-2] > x.shape[-1]
+    y = x.mT if tall else x
+    y = y / (torch.linalg.matrix_norm(y, keepdim=True) + eps)
+    for _ in range(steps):
+        gram = y @ y.mT
+        y = a * y + (b * gram + c * gram @ gram) @ y
+    return y.mT if tall else y
+
+
+@dataclasses.dataclass(frozen=True)
+class Orthogonalize(_Stateless):
+    """Newton–Schulz orthogonalization of each rank ≥ 2 update (Muon, Jordan et al. 2024); a conv
+    kernel (out, in, kh, kw) is treated as an out × (in·kh·kw) matrix. Lower-rank updates pass."""
+
+    name = "orthogonalize"
+    steps: int = 5
+
+    def update(self, meta, grads, state, params, loss=None):
+        def ortho(u: Tensor) -> Tensor:
+            if u.dim() < 2:
+                return u
+            return newton_schulz(u.reshape(u.shape[0], -1), self.steps).reshape(u.shape)
+
+        return tree_map(ortho, grads), state
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByAdam:
+    return ScaleByAdam(b1, b2, eps)
+
+
+def add_decayed_weights(weight_decay: float) -> AddDecayedWeights:
+    return AddDecayedWeights(weight_decay)
+
+
+def scale_by_lr(lr: float) -> Scale:
+    return Scale(-lr)
+
+
+def adamw(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01) -> Chain:
+    """AdamW as a chain; equals torch.optim.AdamW up to float rounding (it scales p by (1 - lr·wd)
+    before the Adam step, which is the same update)."""
+    return chain(scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay), scale_by_lr(lr))
