@@ -103,6 +103,7 @@ def tune_lr(
         best = min(scores)
     return {
         "lr": best,
+        "score": scores[best],  # its mean log final loss on the tuning tasks
         "all_diverged": diverged_everywhere,
         "lrs": sorted(scores),
         "scores": {f"{lr:.3g}": s for lr, s in sorted(scores.items())},

@@ -275,10 +275,10 @@ class NormalizeRMS(_Stateless):
     (Celo2's per-step output normalization, Moudgil et al. 2026)."""
 
     name = "normalize_rms"
-    eps: float = 1e-8
+    eps: float = 1e-30  # only keeps 0/0 at 0: any nonzero update, however small, gets unit RMS
 
     def update(self, meta, grads, state, params, loss=None):
-        return tree_map(lambda u: u / (u.square().mean().sqrt() + self.eps), grads), state
+        return tree_map(lambda u: u / (safe_sqrt(u.square().mean()) + self.eps), grads), state
 
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton–Schulz iteration (Jordan et al. 2024)
