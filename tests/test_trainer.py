@@ -155,3 +155,30 @@ def test_resume_restores_the_global_rng_for_losses_that_draw_from_it(tmp_path):
     torch.manual_seed(1234)
     MetaTrainer(Config(**TINY), tmp_path / "run", resume=True, progress=False)
     assert torch.equal(torch.get_rng_state(), at_save)
+
+
+def test_meta_validation_keeps_the_best_checkpoint_and_the_last_beside_it(tmp_path, monkeypatch):
+    """With validate_every, checkpoint.safetensors holds the best-scoring meta-params (the init is
+    the first candidate) and last.safetensors the latest; the history survives a resume."""
+    scores = iter([0.0, -1.0, 5.0, 3.0])  # init, step 2 (best), step 4, step 6 after resume
+    monkeypatch.setattr(trainer_module.MetaValidator, "score", lambda self, meta: next(scores))
+    cfg = {**TINY, "validate_every": 2, "validation_steps": 5, "validation_tasks": 1}
+    run = tmp_path / "run"
+    trainer = MetaTrainer(Config(**cfg), run, progress=False)
+    trainer.train()
+    _, best, info = checkpoints.load(run / "checkpoint.safetensors")
+    _, last, last_info = checkpoints.load(run / "last.safetensors")
+    assert info["outer_steps"] == 2 and info["validation"] == {"step": 2, "score": -1.0}
+    assert last_info["outer_steps"] == 4
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    resumed = MetaTrainer(Config(**{**cfg, "outer_steps": 6}), run, resume=True, progress=False)
+    resumed.train()
+    assert [s for s, _ in resumed.history["validation"]] == [0, 2, 4, 6]
+    assert checkpoints.load(run / "checkpoint.safetensors")[2]["outer_steps"] == 2
+
+
+def test_real_meta_validation_scores_are_finite_and_deterministic(tmp_path):
+    cfg = {**TINY, "validate_every": 2, "validation_steps": 5, "validation_tasks": 1, "outer_steps": 2}
+    trainer = MetaTrainer(Config(**cfg), tmp_path / "run", progress=False)
+    a, b = trainer.validator.score(trainer.meta), trainer.validator.score(trainer.meta)
+    assert math.isfinite(a) and a == b
