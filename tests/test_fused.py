@@ -286,7 +286,8 @@ def _failing_compiler(tmp_path):
 def test_a_failed_build_warns_once_and_is_not_retried_by_later_processes(tmp_path):
     compiler, log = _failing_compiler(tmp_path)
     first, stderr = _probe(tmp_path, CXX=str(compiler))
-    assert "its build failed (" in first["reason"] and first["same"] == {"mlp": True, "velo": True}
+    assert "its build failed (failing-g++: error: this compiler always fails;" in first["reason"]
+    assert first["same"] == {"mlp": True, "velo": True}
     assert len(_kernel_warnings(stderr)) == 1
     markers = list((tmp_path / "torch_extensions").glob("*.build-failed-*.txt"))
     assert len(markers) == 1 and "always fails" in markers[0].read_text()

@@ -106,9 +106,9 @@ def _failure_marker(name: str, flags: List[str]) -> Path:
 
 
 def _first_error(text: str) -> str:
-    """The line of a compiler log that says what went wrong (its first `error`), shortened."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    line = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "unknown error")
+    """The line of a build log that says what went wrong (the compiler's first `error:`), shortened."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or ["unknown error"]
+    line = next((line for line in lines if "error:" in line), lines[0])
     return line if len(line) <= 300 else line[:297] + "..."
 
 
