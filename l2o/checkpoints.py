@@ -22,7 +22,6 @@ from torch import Tensor
 from l2o.errors import CheckpointError, UnknownNameError
 
 FORMAT_VERSION = 1
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 _META_KEY = "l2o"
 
 
@@ -147,12 +146,21 @@ def save(path, lopt, meta: Dict[str, Tensor], info: Optional[Dict[str, Any]] = N
     return path
 
 
+def shipped_dir() -> Path:
+    """Where the shipped checkpoints and their model cards are: `l2o/shipped/` in an installed
+    package (setup.py installs the repository's `checkpoints/` there), else `checkpoints/` beside
+    the package (a source tree on the path, or an editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "shipped"
+    return installed if installed.is_dir() else package.parent / "checkpoints"
+
+
 def resolve(name_or_path) -> Path:
-    """A path as given, or the shipped checkpoint of that name (`checkpoints/<name>.safetensors`)."""
+    """A path as given, or the shipped checkpoint of that name (`<shipped_dir()>/<name>.safetensors`)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped_path = SHIPPED_DIR / f"{name_or_path}.safetensors"
+    shipped_path = shipped_dir() / f"{name_or_path}.safetensors"
     if shipped_path.is_file():
         return shipped_path
     if path.suffix or os.sep in str(name_or_path):
@@ -163,7 +171,8 @@ def resolve(name_or_path) -> Path:
 
 
 def shipped() -> List[str]:
-    return sorted(p.stem for p in SHIPPED_DIR.glob("*.safetensors")) if SHIPPED_DIR.is_dir() else []
+    """Names of the shipped checkpoints (what `resolve` accepts besides paths)."""
+    return sorted(p.stem for p in shipped_dir().glob("*.safetensors"))
 
 
 def load(name_or_path, device: str | torch.device = "cpu"):

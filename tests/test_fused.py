@@ -2,15 +2,27 @@
 
 The functional `step` is the reference; `fused_step` must give the same parameter updates and the
 same State, on every tensor layout the kernel's indexing has to handle, for every option that
-changes the kernel's work, and through the `torch.optim` adapter.
+changes the kernel's work, and through the `torch.optim` adapter. Where the kernel cannot be had
+(no compiler, no ninja, L2O_NO_KERNEL=1), the tests that need it are skipped with the reason, and
+the tests at the end check the fallback itself, in fresh processes: one warning, the functional
+step's results, a failed build remembered rather than retried.
 """
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import l2o
+from arch_checks import MixedNet, train_mixed
 from l2o.optimizers import build, fused
-from tests.arch_checks import MixedNet, train_mixed
+
+KERNEL_MISSING = fused.unavailable_reason()
+needs_kernel = pytest.mark.skipif(KERNEL_MISSING is not None, reason=str(KERNEL_MISSING))
 
 # rank 0-4; square, wide, tall, (n,1)/(1,n); conv weights whose factored dims are not the last two;
 # last dims longer than the kernel's tile (64) and tensors spanning several parallel chunks (16384).
@@ -53,6 +65,7 @@ def _run_both(name, hyper, shapes, grad_scales, steps=4, seed=0, edit_meta=None)
     return ref_state, out_state
 
 
+@needs_kernel
 @pytest.mark.parametrize("name,hyper", CASES, ids=[f"{n}-{h}" for n, h in CASES])
 def test_fused_step_equals_the_functional_step(name, hyper):
     ref_state, out_state = _run_both(name, hyper, SHAPES, grad_scales=[1e-2, 1.0, 1e-6, 1e4])
@@ -64,12 +77,14 @@ def test_fused_step_equals_the_functional_step(name, hyper):
             torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-6 * scale + 1e-12, msg=f"state {key}[{k}]")
 
 
+@needs_kernel
 def test_zero_gradients_and_untouched_coordinates():
     """A gradient of exactly zero (dead units) must give finite results equal to the functional ones."""
     _run_both("mlp", {}, [(30, 40), (12,)], grad_scales=[0.0, 1.0, 0.0])
     _run_both("velo", {}, [(30, 40), (12,)], grad_scales=[0.0, 1.0, 0.0])
 
 
+@needs_kernel
 def test_kernel_exp_is_within_two_ulps_of_exp():
     """The update's exp: a degree-4 polynomial when a whole group has |x| ≤ 1/64, Cephes otherwise."""
     tiny = torch.linspace(-1 / 64, 1 / 64, 4096)  # whole groups take the polynomial
@@ -85,6 +100,7 @@ def test_kernel_exp_is_within_two_ulps_of_exp():
     assert torch.equal(got.isnan(), reference.isnan()) and torch.equal(got.isinf(), reference.isinf())
 
 
+@needs_kernel
 def test_large_log_magnitudes_take_the_full_exp():
     """The kernel's exp has a short polynomial for |exp_mult·μ| ≤ 1/64 (the usual case) and Cephes
     otherwise; scaling the μ output makes most groups, and some lanes within groups, take Cephes."""
@@ -96,6 +112,7 @@ def test_large_log_magnitudes_take_the_full_exp():
     _run_both("mlp", {}, [(30, 40), (12,)], grad_scales=[1.0, 1e-2], edit_meta=scale_mu)
 
 
+@needs_kernel
 @pytest.mark.parametrize("name", ["mlp", "velo"])
 def test_nan_gradient_propagates_like_the_functional_step(name):
     lopt = build(name)
@@ -111,6 +128,7 @@ def test_nan_gradient_propagates_like_the_functional_step(name):
         assert torch.equal(torch.isnan(ref[k]), torch.isnan(out[k])), k
 
 
+@needs_kernel
 def test_results_do_not_depend_on_the_number_of_threads():
     threads = torch.get_num_threads()
     results = []
@@ -143,6 +161,7 @@ def _train(fused_flag, steps=8, lr=1.0, arch="velo", state_from=None):
     return model, opt, train_mixed(model, opt, tokens, target, steps)
 
 
+@needs_kernel
 @pytest.mark.parametrize("arch", ["mlp", "velo"])
 @pytest.mark.parametrize("lr", [1.0, 0.5])
 def test_adapter_fused_by_default_and_equal_to_unfused(arch, lr, monkeypatch):
@@ -158,6 +177,7 @@ def test_adapter_fused_by_default_and_equal_to_unfused(arch, lr, monkeypatch):
     torch.testing.assert_close(torch.tensor(losses_f), torch.tensor(losses_u), rtol=1e-4, atol=1e-6)
 
 
+@needs_kernel
 def test_state_dict_moves_between_fused_and_unfused():
     model, opt, _ = _train(True, steps=4)
     saved = (model.state_dict(), opt.state_dict())
@@ -173,7 +193,7 @@ def test_fused_true_is_strict_and_none_falls_back():
     with pytest.raises(ValueError, match="no fused kernel"):
         l2o.LearnedOptimizer(params, optimizer="lstm", fused=True)
     strict = l2o.LearnedOptimizer(params, optimizer="mlp", fused=True)
-    with pytest.raises(fused.FusedUnavailable, match="float32"):
+    with pytest.raises(fused.FusedUnavailable, match="float32" if KERNEL_MISSING is None else "no fused CPU kernel"):
         strict.step()
     before = params[0].detach().clone()
     l2o.LearnedOptimizer(params, optimizer="mlp").step()  # float64: the functional step
@@ -189,3 +209,100 @@ def test_hyperparameters_beyond_the_kernel_fall_back_or_raise():
     before = params[0].detach().clone()
     l2o.LearnedOptimizer(params, optimizer=wide).step()  # auto: the functional step
     assert not torch.equal(before, params[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Without a kernel: fresh processes, as a user would meet it.
+
+_PROBE = r"""
+import json
+import torch
+import l2o
+from l2o.optimizers import fused
+
+def train(arch, flag):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    x = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    opt = l2o.LearnedOptimizer(model.parameters(), optimizer=arch, num_steps=10, fused=flag)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step(loss=loss)
+    return [p.detach() for p in model.parameters()]
+
+same = {arch: all(torch.equal(a, b) for a, b in zip(train(arch, None), train(arch, False))) for arch in ("mlp", "velo")}
+param = torch.nn.Parameter(torch.zeros(3))
+param.grad = torch.ones(3)
+try:
+    l2o.LearnedOptimizer([param], optimizer="mlp", fused=True).step()
+    strict = None
+except fused.FusedUnavailable as err:
+    strict = str(err)
+print(json.dumps({"same": same, "reason": fused.unavailable_reason(), "strict": strict}))
+"""
+
+
+def _probe(tmp_path, **env_changes):
+    """Run _PROBE in a fresh interpreter (this l2o, its own extension cache): (result, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != fused.OPT_OUT}
+    env.update(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"), PYTHONPATH=str(Path(l2o.__file__).parent.parent))
+    env.update(env_changes)
+    done = subprocess.run([sys.executable, "-c", _PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def _kernel_warnings(stderr):
+    return [line for line in stderr.splitlines() if "KernelUnavailableWarning" in line]
+
+
+def test_without_compiler_or_ninja_one_warning_and_the_functional_steps(tmp_path):
+    no_ninja = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "ninja").exists())
+    result, stderr = _probe(tmp_path, CXX="/nonexistent", PATH=no_ninja)
+    assert result["same"] == {"mlp": True, "velo": True}  # fused=None gave exactly fused=False's steps
+    assert "no C++ compiler ('/nonexistent' not found" in result["reason"]
+    assert result["strict"] == result["reason"]  # fused=True says why instead of falling back
+    (warning,) = _kernel_warnings(stderr)
+    assert "'/nonexistent' not found" in warning and "70x" in warning and fused.OPT_OUT in warning
+    assert "Warning" not in stderr.replace(warning, "")  # the only warning printed
+
+
+def _failing_compiler(tmp_path):
+    """A C++ compiler that logs each call, answers torch's version checks as a GCC would and fails
+    every compile."""
+    log, compiler = tmp_path / "compiler_calls.log", tmp_path / "failing-g++"
+    compiler.write_text(
+        f'#!/bin/sh\necho "$@" >> "{log}"\n'
+        'case "$1" in -v|--version) echo "gcc version 12.2.0 (fails every compile)"; exit 0;; -dumpfullversion) echo 12.2.0; exit 0;; esac\n'
+        'echo "failing-g++: error: this compiler always fails" >&2\nexit 1\n'
+    )
+    compiler.chmod(0o755)
+    return compiler, log
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the failing compiler is a shell script")
+def test_a_failed_build_warns_once_and_is_not_retried_by_later_processes(tmp_path):
+    compiler, log = _failing_compiler(tmp_path)
+    first, stderr = _probe(tmp_path, CXX=str(compiler))
+    assert "its build failed (failing-g++: error: this compiler always fails;" in first["reason"]
+    assert first["same"] == {"mlp": True, "velo": True}
+    assert len(_kernel_warnings(stderr)) == 1
+    markers = list((tmp_path / "torch_extensions").glob("*.build-failed-*.txt"))
+    assert len(markers) == 1 and "always fails" in markers[0].read_text()
+    calls = log.read_text()
+    assert calls  # the build did run the compiler
+    second, stderr = _probe(tmp_path, CXX=str(compiler))
+    assert "its build failed before (" in second["reason"] and str(markers[0]) in second["reason"]
+    assert len(_kernel_warnings(stderr)) == 1 and second["same"] == {"mlp": True, "velo": True}
+    assert log.read_text() == calls  # remembered: the compiler was not called again
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the failing compiler is a shell script")
+def test_opting_out_skips_the_build_without_a_warning(tmp_path):
+    compiler, log = _failing_compiler(tmp_path)
+    result, stderr = _probe(tmp_path, CXX=str(compiler), **{fused.OPT_OUT: "1"})
+    assert result["reason"] == f"no fused CPU kernel: disabled by {fused.OPT_OUT}=1" and result["strict"] == result["reason"]
+    assert result["same"] == {"mlp": True, "velo": True}
+    assert not _kernel_warnings(stderr) and not log.exists()  # no warning, no build attempted

@@ -15,9 +15,16 @@ LSTM and hypernetwork for all tensors at once (as ~70 small torch ops they cost 
 It is inference only (no autograd, float32 CPU tensors); meta-training keeps the pure functional
 step, which stays the reference: tests check that both give the same parameters and state.
 
-The kernel is compiled once per machine with `torch.utils.cpp_extension` (needs a C++ compiler,
-as `torch.compile` on CPU does, and ninja) into torch's extension cache; `available()` says whether
-that worked, and the `torch.optim` adapter falls back to the functional step when it did not.
+The kernel is compiled once per machine with `torch.utils.cpp_extension` (needs GCC or Clang, as
+`torch.compile` on CPU does, and ninja) into torch's extension cache. Its AVX instructions are
+behind `#if defined(__AVX__)`: elsewhere (ARM, x86 without AVX) the same code compiles to the
+compiler's portable vector lowering, and OpenMP is asked for only where the compiler has it (not
+Apple's clang: the kernel then runs on one thread). Where no kernel can be had (no compiler, no
+ninja, MSVC, a failed build) `available()` is False, `unavailable_reason()` says why, the `torch.optim`
+adapter falls back to the functional step and one `KernelUnavailableWarning` per process says so
+and what it costs. A failed build is remembered in a marker file beside torch's extension cache
+(keyed by the sources, flags, compiler and torch), so later processes do not retry it.
+`L2O_NO_KERNEL=1` skips the kernel without a warning (as `LearnedOptimizer(fused=False)` does).
 """
 
 from __future__ import annotations
@@ -26,8 +33,11 @@ import dataclasses
 import functools
 import hashlib
 import math
+import os
+import shutil
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -39,54 +49,123 @@ from l2o.optimizers.features import ACCUMULATORS, ADAFACTOR_EPS, Decays, Feature
 _CSRC = Path(__file__).parent / "csrc"
 _SOURCES = [_CSRC / "per_param_mlp.cpp", _CSRC / "velo_tensor_level.cpp"]
 _HEADERS = [_CSRC / "velo_tensor_level.h"]
+OPT_OUT = "L2O_NO_KERNEL"
+FALLBACK_COST = (
+    "LearnedOptimizer uses the functional step instead: the same updates, but about 70x the time of a "
+    "torch.optim.Adam step at 1e6 parameters instead of about 2x"
+)
 _LOCK = threading.Lock()
 _EXTENSION = None
-_BUILD_ERROR: Optional[BaseException] = None
+_UNAVAILABLE: Optional[str] = None  # why there is no kernel in this process, once known
 
 
 class FusedUnavailable(RuntimeError):
     """The fused kernel could not be built or does not apply to these tensors."""
 
 
+class KernelUnavailableWarning(UserWarning):
+    """The fused kernel is missing here, so `mlp`/`velo` steps take the (much slower) functional path."""
+
+
 def _compile_flags() -> List[str]:
-    """-O3, and the vector ISA torch itself dispatches to on this CPU (the kernel's 8-wide vectors
-    are one AVX register there)."""
-    flags = ["-O3", "-fno-math-errno", "-fopenmp"]
-    capability = torch.backends.cpu.get_cpu_capability()
+    """-O3; on x86 the vector ISA torch itself dispatches to on this CPU (the kernel's 8-wide vectors
+    are one AVX register there); OpenMP where the compiler has it."""
+    flags = ["-O3", "-fno-math-errno"]
+    capability = torch.backends.cpu.get_cpu_capability()  # AVX2/AVX512 are only reported on x86
     if capability == "AVX2":
         flags += ["-mavx2", "-mfma"]
     elif capability.startswith("AVX512"):
         flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
+    if sys.platform != "darwin":  # Apple's clang has no -fopenmp: at::parallel_for then runs serially
+        flags.append("-fopenmp")
     return flags
 
 
-def kernels():
-    """The compiled extension (built on first use, then cached by torch); raises FusedUnavailable."""
-    global _EXTENSION, _BUILD_ERROR
-    with _LOCK:
-        if _EXTENSION is None and _BUILD_ERROR is None:
-            flags = _compile_flags()
-            code = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
-            digest = hashlib.sha1(code + " ".join(flags).encode()).hexdigest()[:12]
-            # Say what the pause is, unless the kernel comes straight from torch's extension cache.
-            notice = threading.Timer(3.0, print, ("l2o: building the fused CPU kernel (once per machine, about a minute)...",), {"file": sys.stderr})
-            notice.start()
-            try:
-                from torch.utils import cpp_extension
+def _missing_tool() -> Optional[str]:
+    """Why no build can start here (cheap checks, repeated per process), or None."""
+    from torch.utils import cpp_extension
 
-                _EXTENSION = cpp_extension.load(
-                    name=f"l2o_per_param_mlp_{digest}",
-                    sources=[str(path) for path in _SOURCES],
-                    extra_cflags=flags,
-                    extra_ldflags=["-fopenmp"],
-                    verbose=False,
+    if sys.platform == "win32":
+        return "it is written for GCC/Clang (vector extensions) and MSVC cannot compile it"
+    compiler = cpp_extension.get_cxx_compiler()
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler!r} not found; install g++ or clang++, or set CXX)"
+    if not cpp_extension.is_ninja_available():
+        return "ninja is not on PATH (pip install ninja, or activate the environment that has it)"
+    return None
+
+
+def _failure_marker(name: str, flags: List[str]) -> Path:
+    """Where a failed build of `name` with this compiler is remembered (beside torch's extension cache)."""
+    from torch.utils import cpp_extension
+
+    compiler = shutil.which(cpp_extension.get_cxx_compiler()) or ""
+    key = hashlib.sha1("\0".join([name, *flags, compiler, torch.__version__, sys.version]).encode()).hexdigest()[:12]
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return Path(root) / f"{name}.build-failed-{key}.txt"
+
+
+def _first_error(text: str) -> str:
+    """The line of a build log that says what went wrong (the compiler's first `error:`), shortened."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or ["unknown error"]
+    line = next((line for line in lines if "error:" in line), lines[0])
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _build() -> Tuple[object, Optional[str]]:
+    """(the compiled extension, None), or (None, why there is none)."""
+    flags = _compile_flags()
+    code = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
+    name = f"l2o_per_param_mlp_{hashlib.sha1(code + ' '.join(flags).encode()).hexdigest()[:12]}"
+    missing = _missing_tool()
+    if missing:
+        return None, missing
+    marker = _failure_marker(name, flags)
+    if marker.is_file():
+        return None, f"its build failed before ({_first_error(marker.read_text())}; log: {marker}, delete it to retry)"
+    # Say what the pause is, unless the kernel comes straight from torch's extension cache.
+    notice = threading.Timer(3.0, print, ("l2o: building the fused CPU kernel (once per machine, about a minute)...",), {"file": sys.stderr})
+    notice.start()
+    from torch.utils import cpp_extension
+
+    openmp = ["-fopenmp"] if "-fopenmp" in flags else []
+    sources = [str(path) for path in _SOURCES]
+    with warnings.catch_warnings(record=True) as caught:  # torch's (compiler checks): shown only on success
+        warnings.simplefilter("always")
+        try:
+            extension = cpp_extension.load(name=name, sources=sources, extra_cflags=flags, extra_ldflags=openmp, verbose=False)
+        except Exception as err:  # a compile or link error: remembered, so no later process tries again
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("\n".join([f"{type(err).__name__}: {err}", *(str(w.message) for w in caught)]) + "\n")
+            return None, f"its build failed ({_first_error(str(err))}; log: {marker}, delete it to retry)"
+        finally:
+            notice.cancel()
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return extension, None
+
+
+def kernels():
+    """The compiled extension (built on first use, then cached by torch); raises FusedUnavailable.
+
+    The first call in a process decides; without a kernel it warns once (unless opted out)."""
+    global _EXTENSION, _UNAVAILABLE
+    with _LOCK:
+        if _EXTENSION is None and _UNAVAILABLE is None:
+            opted_out = os.environ.get(OPT_OUT, "") not in ("", "0")
+            if opted_out:
+                _UNAVAILABLE = f"disabled by {OPT_OUT}={os.environ[OPT_OUT]}"
+            else:
+                _EXTENSION, _UNAVAILABLE = _build()
+            if _UNAVAILABLE and not opted_out:
+                warnings.warn(
+                    f"l2o: no fused CPU kernel for the mlp/velo optimizers: {_UNAVAILABLE}. {FALLBACK_COST}. "
+                    f"Set {OPT_OUT}=1 to use the functional step without this warning.",
+                    KernelUnavailableWarning,
+                    stacklevel=2,
                 )
-            except Exception as err:  # no compiler, no ninja, ...: remembered, so we try once
-                _BUILD_ERROR = err
-            finally:
-                notice.cancel()
         if _EXTENSION is None:
-            raise FusedUnavailable(f"the fused CPU kernel could not be built: {_BUILD_ERROR}") from _BUILD_ERROR
+            raise FusedUnavailable(f"no fused CPU kernel: {_UNAVAILABLE}")
         return _EXTENSION
 
 
@@ -96,11 +175,17 @@ def _kernels():
 
 
 def available() -> bool:
+    """Whether the kernel is (or can be built and loaded) here; builds it on first call."""
+    return unavailable_reason() is None
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why there is no kernel here (None if there is one); builds it on first call."""
     try:
         kernels()
-        return True
-    except FusedUnavailable:
-        return False
+        return None
+    except FusedUnavailable as err:
+        return str(err)
 
 
 MAX_DECAYS, MAX_HIDDEN = 4, 64  # the kernel's fixed array sizes (csrc: MAX_K, MAX_A, MAX_H)

@@ -36,7 +36,12 @@
 
 #include "velo_tensor_level.h"
 
+// x86 intrinsics only where the compiler targets AVX (fused.py passes -mavx2/-mavx512* on such
+// CPUs); everywhere else (ARM, x86 without AVX) the `#else` branches below, plain GCC/Clang vector
+// code the compiler lowers to the target's own vectors (NEON: two registers per group of 8).
+#if defined(__AVX__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
