@@ -84,7 +84,8 @@ class Config:
             raise ConfigError(f"threads must be ≥ 0 (0 = torch's default), got {self.threads}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
-        build_optimizer(self.optimizer, self.optimizer_args)
+        if not build_optimizer(self.optimizer, self.optimizer_args).meta_trainable:
+            raise ConfigError(f"{self.optimizer} learns online and has nothing to meta-train")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
