@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from l2o.errors import CheckpointError, UnknownNameError
+from l2o.errors import CheckpointError, OutputError, UnknownNameError
 
 FORMAT_VERSION = 1
 _META_KEY = "l2o"
@@ -57,7 +57,19 @@ def decode(skeleton: Any, tensors: Dict[str, Tensor]) -> Any:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes so that `path` holds either the old or the new content, never a torn file."""
+    """Write bytes so that `path` holds either the old or the new content, never a torn file.
+
+    A write the system refuses (read-only folder, disk full, ...) raises an OutputError (an
+    OSError) naming the file; the old content, if any, is untouched and no temp file is left."""
+    try:
+        _atomic_write(path, data)
+    except OutputError:
+        raise
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -98,14 +110,17 @@ def read_tensors(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
         raw = json.loads(data[8 : 8 + n])
     except (struct.error, ValueError, UnicodeDecodeError):
         raise CheckpointError(f"{path} is not an l2o checkpoint (not a safetensors file)") from None
-    header_text = (raw.get("__metadata__") or {}).get(_META_KEY)
-    if header_text is None:
+    metadata = raw.get("__metadata__") if isinstance(raw, dict) else None
+    header_text = metadata.get(_META_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(header_text, str):
         raise CheckpointError(f"{path} is a safetensors file but not an l2o checkpoint (no l2o header)")
     try:
         tensors = load(data)
         header = json.loads(header_text)
     except (SafetensorError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path} is corrupt ({err}); re-download or re-train it") from None
+        raise CheckpointError(f"{path} is corrupt ({_one_line(err)}); re-download or re-train it") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is corrupt (its l2o header is a {type(header).__name__}, not a JSON object)")
     version = header.get("format_version")
     if not isinstance(version, int):
         raise CheckpointError(f"{path}: header has no format_version")
@@ -114,6 +129,10 @@ def read_tensors(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
             f"{path} has format version {version}, newer than this l2o understands ({FORMAT_VERSION}); upgrade l2o"
         )
     return tensors, header
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def provenance() -> Dict[str, str]:
@@ -183,9 +202,12 @@ def load(name_or_path, device: str | torch.device = "cpu"):
     tensors, header = read_tensors(path)
     if header.get("kind") != "learned_optimizer":
         raise CheckpointError(f"{path} holds {header.get('kind')!r}, not a learned optimizer")
-    arch = header.get("architecture")
+    arch, hyper, info = header.get("architecture"), header.get("hyperparameters", {}), header.get("info", {})
+    for key, value, kind in (("architecture", arch, str), ("hyperparameters", hyper, dict), ("info", info, dict)):
+        if not isinstance(value, kind):
+            raise CheckpointError(f"{path} is corrupt (header field {key!r} is {value!r})")
     try:
-        lopt = optimizers.build(arch, **header.get("hyperparameters", {}))
+        lopt = optimizers.build(arch, **hyper)
     except UnknownNameError as err:
         raise CheckpointError(f"{path}: {err}") from None
     except (TypeError, ValueError) as err:
@@ -198,7 +220,17 @@ def load(name_or_path, device: str | torch.device = "cpu"):
         for k, v in expected.items()
         if k in tensors and tensors[k].shape != v.shape
     ]
+    problems += [
+        f"{k}: dtype {str(tensors[k].dtype).replace('torch.', '')}, expected {str(v.dtype).replace('torch.', '')}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].dtype != v.dtype
+    ]
     if problems:
         raise CheckpointError(f"{path}: weights do not match {arch!r}: {'; '.join(problems[:5])}")
+    nonfinite = [k for k in expected if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all()]
+    if nonfinite:
+        raise CheckpointError(
+            f"{path}: weights {', '.join(nonfinite[:5])} hold NaN or inf (from a diverged run?); use an earlier checkpoint"
+        )
     meta = {k: tensors[k].to(device) for k in expected}
-    return lopt, meta, header.get("info", {})
+    return lopt, meta, info

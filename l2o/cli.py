@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import List, Optional
@@ -90,6 +91,7 @@ def _without_nproc(argv: List[str]) -> List[str]:
 
 def cmd_evaluate(args) -> int:
     from l2o.evaluate import evaluate, markdown_table
+    from l2o.evaluate.core import run_errors
 
     results = evaluate(
         args.checkpoint,
@@ -108,8 +110,11 @@ def cmd_evaluate(args) -> int:
         device=args.device,
         threads=args.threads,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     print(markdown_table(results))
+    for line in run_errors(results):  # the table shows them as diverged; say why
+        print(f"l2o evaluate: warning: {line}", file=sys.stderr)
     if args.out:
         print(f"wrote {args.out}/results.json, results.md, results.csv, *.png and tb/ (TensorBoard)")
     return 0
@@ -131,23 +136,38 @@ def _lr_grid(text: str) -> List[float]:
         values = [float(v) for v in _names(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if len(values) < 2 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"need ≥ 2 positive learning rates, got {text!r}")
+    if len(values) < 2 or not all(0 < v < math.inf for v in values):  # (nan fails every comparison)
+        raise argparse.ArgumentTypeError(f"need ≥ 2 finite positive learning rates, got {text!r}")
     return values
 
 
+def _non_negative(text: str) -> int:
+    return _whole_number(text, 0)
+
+
 def _positive(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {value}")
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, like l2o's own (argparse prints the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="l2o",
         description="Learned optimizers: meta-train them on task suites, evaluate them against tuned baselines.",
         epilog=_EPILOG,
@@ -216,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--speedup-cap", type=_positive, default=4, help="tuned Adam runs this many times longer, to measure speedups up to it (default 4)"
     )
     p.add_argument("--no-oracle", action="store_true", help="skip the per-task oracle-tuned Adam")
-    p.add_argument("--out", metavar="DIR", help="where to write results")
+    p.add_argument("--out", metavar="DIR", help="where to write results (checked before any work)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's results in --out")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1: small vmapped runs are fastest; 0 = torch's)"
+        "--threads", type=_non_negative, default=1,
+        help="torch threads (default 1: small vmapped runs are fastest; 0 = torch's)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -232,8 +254,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except L2OError as err:
-        print(f"l2o {args.command}: error: {err}", file=sys.stderr)
+    except L2OError as err:  # bad input or a refused write: one line; anything else is a bug and keeps its traceback
+        message = " ".join(str(err).split("\n"))
+        print(f"l2o {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"l2o {args.command}: interrupted", file=sys.stderr)

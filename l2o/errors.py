@@ -1,4 +1,4 @@
-"""Exceptions a user can cause. The CLI prints these as one line and exits non-zero."""
+"""Exceptions a user can cause. The CLI prints these as one line and exits with status 2."""
 
 
 class L2OError(Exception):
@@ -6,7 +6,7 @@ class L2OError(Exception):
 
 
 class ConfigError(L2OError, ValueError):
-    """A config file or `key=value` override is invalid."""
+    """A config file, `key=value` override, hyperparameter or argument is invalid."""
 
 
 class CheckpointError(L2OError):
@@ -22,3 +22,15 @@ class UnknownNameError(L2OError, KeyError):
 
 class RunDirectoryError(L2OError):
     """An output directory belongs to another run and neither --resume nor --overwrite was given."""
+
+
+class OutputError(L2OError, OSError):
+    """A file or folder cannot be written (not a folder, read-only, disk full); what was there is intact."""
+
+
+class StateDictError(L2OError, ValueError):
+    """An optimizer state_dict does not belong to this optimizer (other model, architecture or class)."""
+
+
+class NonFiniteError(L2OError):
+    """Meta-training produced non-finite meta-parameters, or no finite task to learn from; nothing was written."""

@@ -3,17 +3,25 @@
 `LearnedOptimizer` runs any functional optimizer (usually loaded from a checkpoint) inside an ordinary
 PyTorch training loop: `param_groups` with `lr` (a multiplier on the learned update, so LR schedulers
 work), `zero_grad`, `step(closure)`, and `state_dict()/load_state_dict()` that resume exactly.
+
+Non-finite gradient entries are contained here, once for every architecture: such an entry enters
+the step as a zero gradient and its parameter is left unchanged, so one NaN cannot spread through
+per-tensor normalizations, cross-tensor features or a shared preconditioner. The entries are
+counted (`nonfinite_grads`) and the first occurrence warns. Finite gradients pay one sum per tensor.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+import math
+import warnings
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from l2o import checkpoints
 from l2o import optimizers as registry
+from l2o.errors import ConfigError, StateDictError
 from l2o.optimizers.base import FunctionalOptimizer, is_per_tensor, state_merge, state_subset
 
 _STATE_KEY = "l2o"  # the functional State lives under this (non-parameter) key of `self.state`
@@ -21,6 +29,33 @@ _STATE_KEY = "l2o"  # the functional State lives under this (non-parameter) key 
 
 def _to_device(tree, device: torch.device):
     return {k: _to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in tree.items()}
+
+
+# Non-finite entries found in a step: name -> (mask, the parameter's values there, to put back).
+Contained = Dict[str, Tuple[Tensor, Tensor]]
+
+
+def contain_nonfinite(params: Dict[str, Tensor], grads: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Contained]:
+    """`grads` with non-finite entries replaced by zero, and what `restore` needs to keep those
+    entries' parameters unchanged. Finite gradients (the usual case) cost one sum per tensor and
+    one device sync, and come back as they are."""
+    if next(iter(grads.values())).device.type == "meta":  # shapes without values: nothing to find
+        return grads, {}
+    sums = [g.sum(dtype=torch.promote_types(g.dtype, torch.float32)) for g in grads.values()]
+    if bool(torch.isfinite(torch.stack(sums)).all()):  # a NaN or inf entry makes its tensor's sum non-finite
+        return grads, {}
+    found: Contained = {}
+    for name, g in grads.items():
+        bad = ~torch.isfinite(g)
+        if bad.any():  # (an overflowing sum of finite entries finds nothing here)
+            found[name] = (bad, params[name][bad].clone())
+    return {n: torch.where(found[n][0], torch.zeros_like(g), g) if n in found else g for n, g in grads.items()}, found
+
+
+def restore(params: Dict[str, Tensor], found: Contained) -> None:
+    """Put the parameters at contained entries back to their values before the step."""
+    for name, (bad, values) in found.items():
+        params[name][bad] = values
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -53,8 +88,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         context: Optional[Dict[str, float]] = None,
         fused: Optional[bool] = None,
     ):
-        if lr < 0:
-            raise ValueError(f"invalid lr multiplier: {lr}")
+        if not 0 <= lr < math.inf:  # (nan fails every comparison)
+            raise ConfigError(f"invalid lr multiplier: {lr} (a finite number ≥ 0)")
         if (checkpoint is None) == (optimizer is None):
             raise ValueError("give exactly one of checkpoint=... or optimizer=...")
         if checkpoint is not None:
@@ -71,11 +106,44 @@ class LearnedOptimizer(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr})
         self.lopt = lopt
         self.meta = {k: v.detach() for k, v in meta.items()}
+        self.nonfinite_grads = 0  # gradient entries contained so far (see the module doc)
         if fused and not hasattr(lopt, "fused_step"):
             raise ValueError(f"{lopt.name} has no fused kernel (fused=True needs mlp or velo)")
         self.fused = fused
 
     # -- helpers ------------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict) -> None:
+        """As torch's, refusing what the functional step cannot take: complex or integer
+        parameters, and parameters of different dtypes (the architectures concatenate them)."""
+        super().add_param_group(param_group)
+        everything = [p for group in self.param_groups for p in group["params"]]
+        for p in everything:
+            if p.is_complex() or not p.is_floating_point():
+                raise ConfigError(
+                    f"{type(self).__name__} needs real floating-point parameters, got a {p.dtype} one"
+                    + (" (split it with torch.view_as_real)" if p.is_complex() else "")
+                )
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in everything})
+        if len(dtypes) > 1:
+            raise ConfigError(
+                f"{type(self).__name__} needs all parameters in one dtype, got {', '.join(dtypes)}; "
+                "use one optimizer per dtype"
+            )
+
+    def _contain(self, params: Dict[str, Tensor], grads: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Contained]:
+        grads, found = contain_nonfinite(params, grads)
+        if found:
+            count = sum(int(bad.sum()) for bad, _ in found.values())
+            if not self.nonfinite_grads:
+                warnings.warn(
+                    f"{type(self).__name__}: {count} non-finite gradient entries; each gets a zero update and its "
+                    "gradient counts as zero (counted in .nonfinite_grads; this warning is shown once)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            self.nonfinite_grads += count
+        return grads, found
+
     def _named_active(self) -> Dict[str, tuple]:
         """name -> (param, group) for parameters that have a gradient this step."""
         active = {}
@@ -111,12 +179,43 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict) -> None:
         """As torch optimizers do, state saved on another device (a GPU run's state loaded with
         `map_location="cpu"`, or the reverse) moves to the parameters' device: torch copies state
-        kept under a non-parameter key, like ours, as it is."""
-        super().load_state_dict(state_dict)
+        kept under a non-parameter key, like ours, as it is.
+
+        The state is checked first against what this optimizer would build for these parameters
+        (its fields, tensor names and shapes): one from another model, another architecture or
+        another optimizer class is refused with a StateDictError, and nothing changes."""
+        self._check_state_dict(state_dict)
+        try:
+            super().load_state_dict(state_dict)
+        except ValueError as err:  # torch's own checks (number and sizes of param groups)
+            raise StateDictError(f"cannot load this state_dict: {err}") from None
         state = self.state.get(_STATE_KEY)
         if state is not None:
             device = self.param_groups[0]["params"][0].device
             self.state[_STATE_KEY] = _to_device(state, device)
+
+    def _check_state_dict(self, state_dict) -> None:
+        what = f"this state_dict does not belong to this {type(self).__name__} ({self.lopt.name})"
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
+            raise StateDictError(f"{what}: not an optimizer state_dict")
+        extra = [k for k in state_dict["state"] if k != _STATE_KEY]
+        if extra:
+            raise StateDictError(f"{what}: it keeps state per parameter ({extra[:3]}...), as torch.optim optimizers do")
+        options = {k for g in state_dict.get("param_groups") or [] if isinstance(g, dict) for k in g}
+        foreign = sorted(options - {k for g in self.param_groups for k in g})
+        if foreign:
+            raise StateDictError(f"{what}: its param groups have options {', '.join(foreign)} of another optimizer class")
+        saved = state_dict["state"].get(_STATE_KEY)
+        if saved is None:
+            return  # saved before the first step: nothing to check
+        params = {f"g{gi}.p{pi}": p for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"])}
+        with torch.no_grad():
+            meta = self._meta_for(next(iter(params.values())))
+            context = {k: v.to(next(iter(params.values()))) for k, v in self.context.items()}
+            expected = self.lopt.init_state(meta, {n: p.detach() for n, p in params.items()}, context)
+        problems = _state_problems(saved, expected)
+        if problems:
+            raise StateDictError(f"{what}: {'; '.join(problems[:3])}")
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None, loss: Optional[Tensor] = None):
@@ -131,7 +230,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if self.lopt.needs_loss and loss is None:
             raise ValueError(f"{self.lopt.name} reads the loss: call step(closure) or step(loss=loss)")
         params = {n: p for n, (p, _) in active.items()}
-        grads = {n: p.grad for n, (p, _) in active.items()}
+        grads, contained = self._contain(params, {n: p.grad for n, (p, _) in active.items()})
         ref = next(iter(params.values()))
         meta = self._meta_for(ref)
         state = self._ensure_state(meta, params)
@@ -143,6 +242,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             for p in params.values():
                 torch.autograd.graph.increment_version(p)  # the kernel wrote p through its pointer
             self.state[_STATE_KEY] = state_merge(state, new_part)
+            restore(params, contained)
             return loss
         new_params, new_part = self.lopt.step(meta, dict(params), grads, part, loss_t)
         self.state[_STATE_KEY] = state_merge(state, new_part)
@@ -151,6 +251,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 p.copy_(new_params[name])
             else:
                 p.add_(new_params[name] - p, alpha=group["lr"])
+        restore(params, contained)
         return loss
 
     def _fused_applies(self, params: Dict[str, Tensor], grads: Dict[str, Tensor], state) -> bool:
@@ -218,8 +319,8 @@ class LODO(LearnedOptimizer):
         chunk_size: int = 0,
         seed: int = 0,
     ):
-        if not lr > 0:
-            raise ValueError(f"invalid lr: {lr} (LODO needs lr > 0)")
+        if not 0 < lr < math.inf:
+            raise ConfigError(f"invalid lr: {lr} (LODO needs a finite lr > 0)")
         from l2o.optimizers.lodo import LODOFunctional
 
         lopt = LODOFunctional(
@@ -262,11 +363,32 @@ class LODO(LearnedOptimizer):
             return loss
         scale = self._scale(active)
         params = {n: p for n, (p, _) in active.items()}
-        grads = {n: p.grad for n, (p, _) in active.items()}
+        grads, contained = self._contain(params, {n: p.grad for n, (p, _) in active.items()})
         meta = self._meta_for(next(iter(params.values())))
         state = self._ensure_state(meta, params)
         new_params, new_part = self.lopt.step_scaled(meta, dict(params), grads, state_subset(state, params), scale)
         self.state[_STATE_KEY] = state_merge(state, new_part)
         for name, p in params.items():
             p.copy_(new_params[name])
+        restore(params, contained)
         return loss
+
+
+def _state_problems(saved, expected, path: str = "") -> list:
+    """How a saved functional State differs in structure from the one expected (fields, the
+    parameter names of per-tensor fields, shapes); empty when it fits."""
+    if not isinstance(saved, dict):
+        return [f"{path or 'state'} is a {type(saved).__name__}"]
+    problems = [f"unexpected field {path}{k}" for k in saved if k not in expected]
+    problems += [f"missing field {path}{k}" for k in expected if k not in saved and not path]
+    for k in saved:
+        if k not in expected:
+            continue
+        want, have = expected[k], saved[k]
+        if isinstance(want, dict):
+            problems += _state_problems(have, want, f"{path}{k}.")
+        elif not isinstance(have, Tensor):
+            problems.append(f"{path}{k} is a {type(have).__name__}, not a tensor")
+        elif have.shape != want.shape:
+            problems.append(f"{path}{k}: shape {tuple(have.shape)} != {tuple(want.shape)}")
+    return problems

@@ -39,14 +39,14 @@ def test_unknown_key_lists_valid_keys():
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("outer_steps=abc", "outer_steps must be a int"),
+        ("outer_steps=abc", "outer_steps must be a whole number"),
         ("outer_steps=0", "outer_steps must be ≥ 1"),
         ("second_order=1", "second_order must be true or false"),
         ("meta_loss=median", "meta_loss must be"),
         ("horizon=30", "multiple of unroll_length"),
         ("device=tpu", "device must be cpu or cuda"),
         ("estimator=reinforce", "estimator must be one of tbptt, pes, tes"),
-        ("sigma=0", "sigma must be > 0"),
+        ("sigma=0", "sigma must be a finite number > 0"),
         ("horizon_schedule=cosine", "horizon_schedule must be one of constant, log_uniform"),
         ("horizon_min=15", "horizon_min .15. must be a multiple of unroll_length"),
         ("groups_per_family=-1", "must be ≥ 0"),

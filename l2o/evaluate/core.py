@@ -13,6 +13,7 @@ any learning-rate choice leaves.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -21,7 +22,7 @@ import torch
 from l2o import checkpoints, optimizers
 from l2o.devices import resolve_device
 from l2o.errors import ConfigError
-from l2o.evaluate.outputs import write_outputs
+from l2o.evaluate.outputs import check_out_dir, write_outputs
 from l2o.evaluate.report import run_metrics, summarize
 from l2o.evaluate.runner import Curves, run_curves, run_grid
 from l2o.evaluate.tuning import DEFAULT_GRID, grid_metas, resolve_baseline, tune_lr
@@ -82,6 +83,17 @@ def _check(seeds: int, tasks_per_family: int, tune_tasks: int, horizons: Sequenc
     if not multiples or multiples[0] < 1:
         raise ConfigError(f"horizons are positive multiples of the training horizon (e.g. 1,10), got {list(horizons)}")
     return multiples
+
+
+def run_errors(results: Dict) -> List[str]:
+    """One line per optimizer whose runs raised (recorded as diverged): how many, and the first error."""
+    lines = []
+    for name, entry in results["optimizers"].items():
+        failed = [(n, fam, run["error"]) for n, fams in entry["runs"].items() for fam, run in fams.items() if run.get("error")]
+        if failed:
+            n, fam, error = failed[0]
+            lines.append(f"{name}: {len(failed)} run(s) raised and count as diverged, first {fam} at {n} steps: {error}")
+    return lines
 
 
 def _run_entry(result: Curves, **extra) -> Dict:
@@ -179,6 +191,7 @@ def evaluate(
     device: str = "cpu",
     threads: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Dict:
     """Run every checkpoint and every LR-tuned baseline on the same held-out tasks; return results.
 
@@ -201,6 +214,9 @@ def evaluate(
             up to that factor (its curve for the horizon itself is the start of that run).
         out_dir: if given, write results.json/.md/.csv, PNG plots and TensorBoard curves there.
         threads: torch intra-op threads while running (restored after); 0 keeps torch's setting.
+        overwrite: replace the results of an earlier evaluation in `out_dir` (else that is an error).
+        Everything, `out_dir` included (it must be a folder that can be written), is checked before
+        the first run, so a bad argument fails at once and leaves earlier results untouched.
 
     Returns the results dict of results.json: raw curves per optimizer/horizon/family, tuning
     records, per-run metrics and the summary (see docs/evaluation.md).
@@ -208,10 +224,12 @@ def evaluate(
     multiples = _check(seeds, tasks_per_family, tune_tasks, horizons)
     resolve_baseline(reference)  # a clear error for a misspelled reference, before any work
     grid = sorted(float(x) for x in (DEFAULT_GRID if grid is None else grid))
-    if len(grid) < 2 or grid[0] <= 0:
-        raise ConfigError(f"the learning-rate grid needs ≥ 2 positive values, got {grid}")
+    if len(grid) < 2 or not all(0 < x < math.inf for x in grid):  # (nan fails every comparison)
+        raise ConfigError(f"the learning-rate grid needs ≥ 2 finite positive values, got {grid}")
     if int(speedup_cap) < 1:
         raise ConfigError(f"speedup_cap must be ≥ 1, got {speedup_cap}")
+    if int(threads) < 0:
+        raise ConfigError(f"threads must be ≥ 0 (0 = torch's setting), got {threads}")
     device = resolve_device(device)
     names = list(dict.fromkeys([reference, *baselines]))
     resolved = {name: resolve_baseline(name) for name in names}  # fails early on a bad name
@@ -228,6 +246,8 @@ def evaluate(
     indices = _indices(tasks_per_family, seeds)
     families = {f.name: _sample(f, split, indices) for f in the_suite.families}
     training = {f.name: _sample(f, "train", [(0, i) for i in range(tune_tasks)]) for f in the_suite.families}
+    if out_dir is not None:
+        check_out_dir(Path(out_dir), overwrite)
 
     results: Dict = {
         "suite": suite,

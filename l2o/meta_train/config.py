@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -72,14 +73,19 @@ class Config:
             raise ConfigError(f"horizon_schedule must be one of {', '.join(SCHEDULES)}, got {self.horizon_schedule!r}")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
-        if not self.sigma > 0:
-            raise ConfigError(f"sigma must be > 0, got {self.sigma}")
         if self.meta_loss not in ("mean", "mean_log", "last"):
             raise ConfigError(f"meta_loss must be mean, mean_log or last, got {self.meta_loss!r}")
-        if self.meta_lr <= 0:
-            raise ConfigError(f"meta_lr must be > 0, got {self.meta_lr}")
+        for name in ("meta_lr", "sigma"):  # nan fails every comparison, so test what is allowed
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0 <= self.meta_grad_clip < math.inf:
+            raise ConfigError(f"meta_grad_clip must be a finite number ≥ 0 (0 disables clipping), got {self.meta_grad_clip}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be ≥ 0 (0 = torch's default), got {self.threads}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if not build_optimizer(self.optimizer, self.optimizer_args).meta_trainable:
+            raise ConfigError(f"{self.optimizer} learns online and has nothing to meta-train")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -97,21 +103,53 @@ class Config:
         return cfg.validate()
 
 
+def build_optimizer(name: str, args: Dict[str, Any]):
+    """The optimizer `name` built from user-given hyperparameters, or a ConfigError saying which is wrong.
+
+    Values are checked against the type of each field's default first (as config keys are), so
+    `hidden="abc"` is refused here with its name, not deep inside an architecture's first step.
+    """
+    from l2o import optimizers
+
+    cls = optimizers.get(name)
+    if not isinstance(args, dict):
+        raise ConfigError(f"optimizer_args must be a table, got {args!r}")
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        if field.name in args and default is not dataclasses.MISSING and default is not None:
+            _coerce(f"optimizer_args.{field.name}", args[field.name], default)
+    try:
+        return optimizers.build(name, **args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"optimizer_args: {err}") from None
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Check a value against the default's type (ints are accepted where floats are expected)."""
+    """Check a value against the default's type (ints are accepted where floats are expected, lists
+    where tuples are; NaN is never a valid number)."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
+    if isinstance(default, float) and isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{key} must be a number, got nan")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, default[0]) for i, v in enumerate(value)) if default else tuple(value)
     if isinstance(default, dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table, got {value!r}")
         return dict(value)
     if not isinstance(value, type(default)) or isinstance(value, bool):
-        raise ConfigError(f"{key} must be a {type(default).__name__}, got {value!r}")
+        kind = _KINDS.get(type(default), f"a {type(default).__name__}")
+        raise ConfigError(f"{key} must be {kind}, got {value!r}")
     return value
+
+
+_KINDS = {int: "a whole number", float: "a number", str: "a string"}
 
 
 def parse_override(text: str) -> tuple:
@@ -141,7 +179,11 @@ def load_config(path: str | Path | None = None, overrides: List[str] = ()) -> Co
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
         try:
-            values = tomllib.loads(path.read_text())
+            values = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); TOML files are UTF-8") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read it: {err.strerror or err}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: invalid TOML: {err}") from None
     parsed = [parse_override(text) for text in overrides]

@@ -21,7 +21,7 @@ import torch
 
 from l2o import checkpoints, optimizers
 from l2o.devices import resolve_device
-from l2o.errors import ConfigError, RunDirectoryError
+from l2o.errors import CheckpointError, ConfigError, NonFiniteError, OutputError, RunDirectoryError
 from l2o.meta_train import distributed
 from l2o.meta_train.config import Config
 from l2o.meta_train.distributed import Collective
@@ -36,6 +36,9 @@ CHECKPOINT = "checkpoint.safetensors"  # the best by meta-validation when valida
 LAST = "last.safetensors"  # the last meta-parameters, beside the best
 TRAIN_STATE = "train_state.safetensors"
 _RUN_FILES = (CHECKPOINT, "checkpoint.json", LAST, "last.json", TRAIN_STATE, "config.json", "tb")
+# What a start that stopped before its first checkpoint leaves (nothing that could be resumed).
+_LEFTOVERS = ("config.json", "tb")
+MAX_SKIPPED_IN_A_ROW = 10  # meta-updates skipped in a row (nothing finite to learn from) that stop a run
 
 
 class MetaTrainer:
@@ -59,7 +62,7 @@ class MetaTrainer:
             collective, device = distributed.from_env(device)
         self.collective, self.device = collective, device
         self.progress = progress and collective.is_main
-        self._claim_directory(resume, overwrite)
+        self._check_directory(resume, overwrite)
         self.lopt = optimizers.build(config.optimizer, **config.optimizer_args)
         if not self.lopt.meta_trainable:
             raise ConfigError(f"{config.optimizer} learns online and has nothing to meta-train")
@@ -115,6 +118,8 @@ class MetaTrainer:
         if config.validate_every:
             steps = config.validation_steps or self.horizon
             self.validator = MetaValidator(self.lopt, self.suite, config.validation_tasks, steps, self.device)
+        self._skipped_in_a_row, self._task_slots = 0, None  # see _apply
+        self._claim_directory(resume)  # everything above validated: only now may the disk change
         if resume:
             self._load_train_state()
         else:
@@ -122,24 +127,59 @@ class MetaTrainer:
                 group.start(self.meta)
 
     # -- run directory ------------------------------------------------------------------------------
-    def _claim_directory(self, resume: bool, overwrite: bool) -> None:
-        """Check (every rank, before anyone writes) that the directory is ours to use; then rank 0
-        clears it (--overwrite) and writes config.json while the others wait."""
-        ours = [self.out / name for name in _RUN_FILES if (self.out / name).exists()]
+    def _check_directory(self, resume: bool, overwrite: bool) -> None:
+        """Check (every rank, writing nothing) that the directory is ours to use."""
         if resume:
             if not (self.out / TRAIN_STATE).is_file():
-                raise RunDirectoryError(f"--resume: no training state in {self.out} (expected {TRAIN_STATE})")
+                hint = ""
+                if self.out.is_dir() and self._never_saved():
+                    hint = "; the run stopped before its first checkpoint: start it again without --resume"
+                raise RunDirectoryError(f"--resume: no training state in {self.out} (expected {TRAIN_STATE}){hint}")
             return
-        if self.out.exists() and any(self.out.iterdir()) and not overwrite:
+        if self.out.exists() and not self.out.is_dir():
+            raise RunDirectoryError(f"--out {self.out} is a file, not a folder")
+        if self.out.is_dir() and not overwrite and not self._never_saved():
             raise RunDirectoryError(
                 f"{self.out} already holds files; pass --resume to continue that run or --overwrite to replace it"
             )
+
+    def _never_saved(self) -> bool:
+        """Whether the directory is empty or holds only what a start that never checkpointed leaves
+        (its config.json and TensorBoard folder, temp files): nothing to resume, so a fresh start
+        may take it over without --overwrite."""
+        for entry in self.out.iterdir():
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                continue
+            if entry.name not in _LEFTOVERS:
+                return False
+        try:
+            saved = json.loads((self.out / "config.json").read_text())
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            return False
+        return isinstance(saved, dict) and set(saved) <= set(Config().to_dict())
+
+    def _claim_directory(self, resume: bool) -> None:
+        """Rank 0 writes config.json, then clears what an earlier run left (--overwrite), while the
+        others wait. config.json goes first (atomically): a folder it cannot be written to fails
+        here with nothing deleted."""
+        if resume:
+            return
         self.collective.barrier()
         if self.collective.is_main:
-            for path in ours:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OutputError(f"cannot create the run folder {self.out}: {err.strerror or err}") from None
+            config_text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+            checkpoints.atomic_write(self.out / "config.json", config_text.encode())
+            for name in _RUN_FILES:
+                path = self.out / name
+                if name != "config.json" and path.exists():
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for stale in self.out.glob(".*.tmp"):  # left by a kill -9 mid-write
+                stale.unlink()
         self.collective.barrier()
 
     # -- persistence ------------------------------------------------------------------------------
@@ -171,7 +211,12 @@ class MetaTrainer:
             checkpoints.save(self.out / CHECKPOINT, self.lopt, self.meta, self.checkpoint_info())
 
     def save(self) -> None:
-        """Rank 0 writes the checkpoint and the training state (with every rank's groups, gathered)."""
+        """Rank 0 writes the checkpoint and the training state (with every rank's groups, gathered).
+
+        Non-finite meta-parameters are never written. A write that fails (disk full, ...) leaves the
+        previous files whole (atomic writes) and stops the run with an OutputError that says so."""
+        if not self._meta_finite():
+            raise NonFiniteError(f"outer step {self.step}: meta-parameters are non-finite; not saved; {self._last_good()}")
         mine = {
             "groups": [(j, _to_cpu(g.state_dict())) for j, g in zip(self.group_positions, self.groups)],
             "rng": _rng_state(self.device),
@@ -180,7 +225,13 @@ class MetaTrainer:
         if not self.collective.is_main:
             return
         groups = dict(item for rank in gathered for item in rank["groups"])
-        checkpoints.save(self.out / (LAST if self.validator else CHECKPOINT), self.lopt, self.meta, self.checkpoint_info())
+        try:
+            self._write(groups, gathered)
+        except OutputError as err:
+            raise OutputError(f"outer step {self.step}: {err}; {self._last_good()} (kept intact)") from None
+
+    def _write(self, groups: Dict, gathered) -> None:
+        checkpoints.save(self._latest(), self.lopt, self.meta, self.checkpoint_info())
         tensors: Dict[str, torch.Tensor] = {}
         payload = {
             "meta": self.meta,
@@ -200,6 +251,22 @@ class MetaTrainer:
             "skeleton": skeleton,
         }
         checkpoints.write_tensors(self.out / TRAIN_STATE, tensors, header)
+
+    def _latest(self) -> Path:
+        """The checkpoint `save` writes: the last meta-params (beside the best, with meta-validation)."""
+        return self.out / (LAST if self.validator else CHECKPOINT)
+
+    def _last_good(self) -> str:
+        """Where the last complete checkpoint is (read back from the file: what a user would load)."""
+        path = self._latest()
+        try:
+            _, header = checkpoints.read_tensors(path)
+            return f"the last good checkpoint is {path} (outer step {header['info']['outer_steps']})"
+        except (CheckpointError, KeyError, TypeError):
+            return f"no checkpoint was written to {self.out} yet"
+
+    def _meta_finite(self) -> bool:
+        return bool(torch.stack([torch.isfinite(v).all() for v in self.meta.values()]).all())
 
     def _load_train_state(self) -> None:
         tensors, header = checkpoints.read_tensors(self.out / TRAIN_STATE)
@@ -233,18 +300,44 @@ class MetaTrainer:
         self.step = header["step"]
 
     # -- training -------------------------------------------------------------------------------------
-    def _apply(self, grads: Dict[str, torch.Tensor]) -> float:
-        """Clip and apply a meta-gradient; a non-finite one is counted and skipped, never applied."""
+    def _apply(self, grads: Dict[str, torch.Tensor], stats: Optional[Dict] = None) -> float:
+        """Clip and apply a meta-gradient.
+
+        A non-finite one, or one from an outer step in which no task stayed finite (nothing to learn
+        from: it is zero), is counted and skipped, never applied. MAX_SKIPPED_IN_A_ROW skips in a row
+        (all of a shorter run's), or an update that makes a meta-parameter non-finite, stop the run
+        with a NonFiniteError before anything is written.
+        """
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())).item()
-        if not math.isfinite(norm):
+        no_finite_task = stats is not None and stats["nonfinite_tasks"] >= self._n_tasks()
+        if not math.isfinite(norm) or no_finite_task:
             self.counters["skipped_updates"] += 1
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row >= min(MAX_SKIPPED_IN_A_ROW, self.config.outer_steps):
+                what = "every task was non-finite" if no_finite_task else "the meta-gradient was non-finite"
+                raise NonFiniteError(
+                    f"outer step {self.step + 1}: no meta-update applied in {self._skipped_in_a_row} steps in a row "
+                    f"({what}; check the suite's losses, the optimizer's hyperparameters or meta_lr); {self._last_good()}"
+                )
             return norm
+        self._skipped_in_a_row = 0
         clip = self.config.meta_grad_clip
         scale = min(1.0, clip / (norm + 1e-12)) if clip > 0 else 1.0
         for k, p in self.meta.items():
             p.grad = grads[k] * scale
         self.meta_opt.step()
+        if not self._meta_finite():
+            raise NonFiniteError(
+                f"outer step {self.step + 1}: the meta-update made meta-parameters non-finite "
+                f"(meta_lr {self.config.meta_lr} too high?); nothing written; {self._last_good()}"
+            )
         return norm
+
+    def _n_tasks(self) -> float:
+        """Task slots of all ranks (an antithetic pair is one), which stats["nonfinite_tasks"] counts."""
+        if self._task_slots is None:
+            self._task_slots = self.collective.sum_floats([sum(g.size for g in self.groups)])[0]
+        return self._task_slots
 
     def train(self) -> Dict:
         from torch.utils.tensorboard import SummaryWriter
@@ -267,7 +360,7 @@ class MetaTrainer:
             while self.step < cfg.outer_steps:
                 t0 = time.perf_counter()
                 grads, stats = self.estimator.meta_gradient(self.meta, self.groups, self.collective)
-                norm = self._apply(grads)
+                norm = self._apply(grads, stats)
                 self.step += 1
                 self.counters["nonfinite_tasks"] += int(stats["nonfinite_tasks"])
                 self.history["meta_loss"].append(stats["meta_loss"])
