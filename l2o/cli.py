@@ -110,7 +110,7 @@ def _without_nproc(argv: List[str]) -> List[str]:
 
 
 def cmd_evaluate(args) -> int:
-    from l2o.evaluate import evaluate, markdown_table
+    from l2o.evaluate import compact_table, evaluate
 
     results = evaluate(
         args.checkpoint,
@@ -130,9 +130,9 @@ def cmd_evaluate(args) -> int:
         threads=args.threads,
         progress=not args.quiet,
     )
-    print(markdown_table(results))
+    print(compact_table(results))
     if args.out:
-        print(f"wrote {args.out}/results.json, results.md, results.csv, *.png and tb/ (TensorBoard)")
+        print(f"wrote {args.out}/results.md (the full table), results.json, results.csv, *.png and tb/ (TensorBoard)")
     return 0
 
 

@@ -166,10 +166,10 @@ def get_suite(name: str) -> Suite:
 
 def is_reference(name: str) -> bool:
     """Whether `name` points into the user's code rather than at a registered suite."""
-    return ":" in name or _split(name)[0].endswith(".py")
+    return ":" in name or split_reference(name)[0].endswith(".py")
 
 
-def _split(reference: str) -> Tuple[str, Optional[str]]:
+def split_reference(reference: str) -> Tuple[str, Optional[str]]:
     """(module or file, attr or None). Splits at the last ':' unless what follows is a path
     (a Windows drive letter, `C:\\x\\tasks.py`, is not an attribute)."""
     target, sep, attr = reference.rpartition(":")
@@ -184,7 +184,7 @@ def suite_spec(name: str) -> str:
     importable where it is loaded again)."""
     if not is_reference(name):
         return name
-    target, attr = _split(name)
+    target, attr = split_reference(name)
     if not target.endswith(".py"):
         local = Path(f"{target}.py").resolve()  # `tasks:SUITE` run from the directory holding tasks.py
         found = importlib.util.find_spec(target) if "." not in target and local.is_file() else None
@@ -244,7 +244,7 @@ def _import_module(name: str):
 
 
 def _load_reference(reference: str) -> Suite:
-    target, attr = _split(reference)
+    target, attr = split_reference(reference)
     attr = attr or DEFAULT_ATTR
     module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
     if not hasattr(module, attr):
