@@ -44,18 +44,21 @@ def curve_bands(curves) -> Dict[str, torch.Tensor]:
 
 def display_floor(bands: Sequence[Dict[str, torch.Tensor]]) -> float:
     """The lower edge of a log loss axis: the lowest band value, but at most `BAND_DECADES` below the
-    lowest median (bands over tasks can span ten decades and hide each other). Values under it,
-    exact zeros included, are drawn on it, so a curve that reaches 0 stays visible."""
-
-    def lowest(key):
-        values = torch.cat([b[key] for b in bands])
-        values = values[torch.isfinite(values) & (values > 0)]
-        return float(values.min()) if len(values) else None
-
-    median, band = lowest("median"), lowest("q25")
-    if median is None:
-        return band if band is not None else 1e-30
-    return max(band if band is not None else median, median / 10**BAND_DECADES)
+    lowest median (bands over tasks can span ten decades and hide each other), and a decade below
+    every positive value when some are exactly 0. Values under it, zeros included, are drawn on it,
+    so a curve that reaches 0 stays visible and apart from the rest."""
+    values = torch.cat([v for b in bands for v in b.values()])
+    values = values[torch.isfinite(values)]
+    positive = values[values > 0]
+    if not len(positive):
+        return 1.0  # nothing but zeros: any positive edge shows them
+    medians = torch.cat([b["median"] for b in bands])
+    medians = medians[torch.isfinite(medians) & (medians > 0)]
+    lowest_median = float(medians.min()) if len(medians) else float(positive.min())
+    floor = max(float(positive.min()), lowest_median / 10**BAND_DECADES)
+    if (values <= 0).any():
+        floor = min(floor, float(positive.min()) / 10)
+    return floor
 
 
 def ratio_bands(curves, reference, floor: float) -> Dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Dict, Iterator, List
 
 import torch
@@ -215,6 +216,7 @@ def _aligned(rows: List[List[str]]) -> List[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
+_PROSE_WIDTH = 100
 _COMPACT_COLUMNS = ["family", "optimizer", "final loss: median [q25, q75]", "speedup", "won", "diverged"]
 
 
@@ -222,21 +224,22 @@ def compact_table(results: Dict) -> str:
     """The terminal's table: six columns (family, optimizer, final loss, median speedup, wins,
     divergences) per horizon, pooled rows last; `markdown_table` has every metric (results.md)."""
     families = list(results["tasks"])
-    lines = [
+    lines = textwrap.wrap(
         f"suite {results['suite']} (split {results['split']}): {results['tasks_per_family']} tasks per family × "
         f"{results['seeds']} seed(s); speedup and won are against {results['reference']} tuned on training tasks",
-    ]
+        _PROSE_WIDTH,
+    )
     for n in (str(h) for h in results["horizons"]):
         rows = [_COMPACT_COLUMNS]
         for fam in families + (["all"] if len(families) > 1 else []):
             rows += list(_compact_cells(results, n, fam))
         lines += ["", f"{n} steps ({int(n) / results['base_horizon']:g}× the base horizon {results['base_horizon']})"]
         lines += _aligned(rows)
-    lines += [
-        "",
+    lines += [""] + textwrap.wrap(
         "speedup: median of (steps tuned Adam needs to reach the run's final loss) ÷ steps, ≥ = lower bound; "
         "won: share of runs ending below tuned Adam. Every metric: results.md (--out DIR); docs/evaluation.md.",
-    ]
+        _PROSE_WIDTH,
+    )
     return "\n".join(lines) + "\n"
 
 
