@@ -64,7 +64,7 @@ def training_horizon(info: Dict) -> Optional[int]:
     suite's); None when unknown."""
     card, config = _card(info), info.get("config") or {}
     for value in (card.get("horizon"), config.get("horizon")):
-        if isinstance(value, int) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     suite = _registered_suite(info)
     return suite.horizon if suite is not None else None
