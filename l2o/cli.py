@@ -24,7 +24,11 @@ _EPILOG = """examples:
 
 
 def _first_line(obj) -> str:
+    """The first line of a class's docstring, or of its module's where the class has only the
+    signature a dataclass writes for it."""
     doc = (obj.__doc__ or "").strip()
+    if not doc or doc.startswith(f"{obj.__name__}("):
+        doc = (sys.modules[obj.__module__].__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
 
 
@@ -42,10 +46,27 @@ def cmd_list(args) -> int:
     for name in suite_names():
         suite = get_suite(name)
         print(f"  {name:18s} {suite.description}")
-    print("\nshipped checkpoints (--checkpoint NAME):")
-    for name in checkpoints.shipped() or ["(none)"]:
-        print(f"  {name}")
+    print("\nshipped checkpoints (--checkpoint NAME; what each is for, from its card):")
+    for name in checkpoints.shipped():
+        _print_card(name)
+    if not checkpoints.shipped():
+        print("  (none)")
     return 0
+
+
+def _print_card(name: str) -> None:
+    from l2o import cards
+
+    try:
+        card = cards.summary(name)
+    except L2OError as err:  # one unreadable file does not hide the others
+        print(f"  {name:18s} unreadable: {err}")
+        return
+    print(f"  {name:18s} {card.architecture}, meta-trained on suite {card.suite}, horizon {card.horizon}")
+    print(f"  {'':18s} for:      {card.domain}")
+    print(f"  {'':18s} held-out: {card.headline}")
+    if card.model_card:
+        print(f"  {'':18s} card:     {card.model_card}")
 
 
 def _families():
@@ -90,7 +111,7 @@ def _without_nproc(argv: List[str]) -> List[str]:
 
 
 def cmd_evaluate(args) -> int:
-    from l2o.evaluate import evaluate, markdown_table
+    from l2o.evaluate import compact_table, evaluate
     from l2o.evaluate.core import run_errors
 
     results = evaluate(
@@ -112,11 +133,11 @@ def cmd_evaluate(args) -> int:
         progress=not args.quiet,
         overwrite=args.overwrite,
     )
-    print(markdown_table(results))
+    print(compact_table(results))
     for line in run_errors(results):  # the table shows them as diverged; say why
         print(f"l2o evaluate: warning: {line}", file=sys.stderr)
     if args.out:
-        print(f"wrote {args.out}/results.json, results.md, results.csv, *.png and tb/ (TensorBoard)")
+        print(f"wrote {args.out}/results.md (the full table), results.json, results.csv, *.png and tb/ (TensorBoard)")
     return 0
 
 

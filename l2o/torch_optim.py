@@ -25,6 +25,14 @@ from l2o.errors import ConfigError, StateDictError
 from l2o.optimizers.base import FunctionalOptimizer, is_per_tensor, state_merge, state_subset
 
 _STATE_KEY = "l2o"  # the functional State lives under this (non-parameter) key of `self.state`
+# num_steps beyond this multiple of the training horizon warns: at 10× the quickstart checkpoint's
+# wins against tuned Adam fall from 100% to about a third (checkpoints/lstm-quadratic10.md).
+HORIZON_WARNING_FACTOR = 5
+_WARNED_PAST_HORIZON: set = set()
+
+
+class HorizonWarning(UserWarning):
+    """A learned optimizer is asked to run far longer than it was meta-trained for."""
 
 
 def _to_device(tree, device: torch.device):
@@ -103,6 +111,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if num_steps < 1:
                 raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
             self.context["horizon"] = torch.tensor(float(num_steps))
+            self._warn_past_horizon(num_steps, checkpoint)
         super().__init__(params, {"lr": lr})
         self.lopt = lopt
         self.meta = {k: v.detach() for k, v in meta.items()}
@@ -143,6 +152,25 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 )
             self.nonfinite_grads += count
         return grads, found
+
+    def _warn_past_horizon(self, num_steps: int, checkpoint) -> None:
+        """Warn (once per checkpoint and process) when `num_steps` is far past the horizon the
+        checkpoint was meta-trained for: learned optimizers often degrade there."""
+        from l2o import cards
+
+        trained = cards.training_horizon(self.info) if checkpoint is not None else None
+        if not trained or num_steps <= HORIZON_WARNING_FACTOR * trained or str(checkpoint) in _WARNED_PAST_HORIZON:
+            return
+        _WARNED_PAST_HORIZON.add(str(checkpoint))
+        card = cards.summary(checkpoint)
+        warnings.warn(
+            f"{card.name} was meta-trained for {trained}-step runs; num_steps={num_steps} is "
+            f"{num_steps / trained:.0f}× that, where learned optimizers often fall behind tuned Adam "
+            f"(its card: {card.model_card or '`l2o list`'}; measure it with `l2o evaluate --checkpoint {checkpoint} "
+            f"--horizons 1,{-(-num_steps // trained)}`)",
+            HorizonWarning,
+            stacklevel=3,
+        )
 
     def _named_active(self) -> Dict[str, tuple]:
         """name -> (param, group) for parameters that have a gradient this step."""

@@ -36,11 +36,13 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
     code = main([*argv, "--quiet", "--out", str(tmp_path / "eval")])
     assert code == 0
     out = capsys.readouterr().out
-    assert "| quadratic10 | run |" in out and "| quadratic10 | adam |" in out and "| quadratic10 | sgdm |" in out
-    assert "### 10 steps" in out and "### 20 steps" in out and "All families pooled" in out
+    rows = {tuple(line.split()[:2]) for line in out.splitlines()}
+    assert {("quadratic10", "run"), ("quadratic10", "adam"), ("quadratic10", "sgdm"), ("all", "run")} <= rows
+    assert "10 steps (1× the base horizon 10)" in out and "20 steps (2× the base horizon 10)" in out
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(results["optimizers"]) == {"run", "adam", "sgdm", "adam_oracle"}
     assert results["horizons"] == [10, 20] and results["grid"] == [0.01, 0.1, 1.0]
+    assert "All families pooled" in (tmp_path / "eval" / "results.md").read_text()  # the full table
     for name in ("results.md", "results.csv", "curves_10_steps.png", "curves_20_steps.png", "speedup.png"):
         assert (tmp_path / "eval" / name).is_file()
 

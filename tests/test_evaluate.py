@@ -12,7 +12,7 @@ import torch
 
 from l2o import checkpoints, optimizers
 from l2o.errors import UnknownNameError
-from l2o.evaluate import evaluate, markdown_table, metrics, run_curves, run_grid, run_metrics, summarize, tune_lr
+from l2o.evaluate import compact_table, evaluate, markdown_table, metrics, run_curves, run_grid, run_metrics, summarize, tune_lr
 from l2o.evaluate.outputs import jsonable
 from l2o.evaluate.tuning import BASELINES, baseline_names, grid_metas, score
 from l2o.optimizers.baselines import SGD
@@ -74,11 +74,13 @@ def _hand(curve, reference):
     if diverged:
         out.update(speedup=0.0, speedup_censored=False, reference_steps=-1)
         return out
-    tau = next((t for t, a in enumerate(reference) if a is not None and a <= curve[-1]), None)
+    target = max(curve[-1], 1e-30)  # losses at or below the floor all count as the floor
+    tau = next((t for t, a in enumerate(reference) if a is not None and a <= target), None)
+    own = next(t for t, c in enumerate(curve) if c <= target) if curve[-1] <= 1e-30 else n
     if tau is None:
-        out.update(speedup=(len(reference) - 1) / n, speedup_censored=True, reference_steps=-1)
+        out.update(speedup=(len(reference) - 1) / own, speedup_censored=True, reference_steps=-1)
     else:
-        out.update(speedup=tau / n, speedup_censored=False, reference_steps=tau)
+        out.update(speedup=tau / own if own else 1.0, speedup_censored=False, reference_steps=tau)
     return out
 
 
@@ -217,6 +219,37 @@ def test_speedup_definition_on_handmade_curves():
     assert metrics.won(curves, reference).tolist() == [True, True, False, False]
     agg = metrics.aggregate([1.0, 2.0, math.nan, 4.0, 3.0])
     assert (agg["median"], agg["q25"], agg["q75"], agg["iqr"], agg["n"]) == (2.5, 1.75, 3.25, 1.5, 4)
+
+
+def test_a_run_that_reaches_zero_is_timed_from_when_it_got_there():
+    """Classifiers that fit their data reach a loss of exactly 0; reaching the same 0 as tuned Adam
+    at the same step is a speedup of 1, not (that step) / N."""
+    curves = torch.tensor([[4.0, 1.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 5, [4.0, 0.0, 0.0, 0.0, 0.0]])
+    reference = torch.tensor([[4.0, 2.0, 0.0, 0.0, 0.0]] * 2 + [[0.0] * 5, [4.0, 3.0, 2.0, 1.0, 0.5]])
+    out = metrics.speedup(curves, reference)
+    assert out["speedup"].tolist() == [1.0, 2.0, 1.0, 4.0]  # same step; twice as fast; both start at 0; censored
+    assert out["speedup_censored"].tolist() == [False, False, False, True]
+    assert out["reference_steps"].tolist() == [2, 2, 0, -1]
+    assert metrics.won(curves, reference).tolist() == [False, False, False, True]  # a tie is not a win
+    tiny = torch.tensor([[4.0, 1e-35, 1e-36]])  # below the floor counts as the floor
+    assert metrics.speedup(tiny, torch.tensor([[4.0, 1.0, 1e-31]]))["speedup"].tolist() == [2.0]
+    for curve, ref in zip(curves.tolist(), reference.tolist()):  # the hand computation agrees
+        hand = _hand(curve, ref)
+        assert hand["speedup"] == metrics.speedup(torch.tensor([curve]), torch.tensor([ref]))["speedup"].item()
+
+
+def test_compact_table_is_narrow_and_the_full_one_keeps_every_metric(evaluation):
+    _, results = evaluation
+    compact, full = compact_table(results), markdown_table(results)
+    rows = [line for line in compact.splitlines() if line.startswith(("quadratic4", "rosenbrock", "all "))]
+    assert len(rows) == 2 * 3 * len(results["optimizers"])  # horizons × (families + pooled) × optimizers
+    assert max(len(line) for line in compact.splitlines()) <= 100
+    header = next(line for line in compact.splitlines() if line.startswith("family"))
+    assert header.split() == ["family", "optimizer", "final", "loss:", "median", "[q25,", "q75]", "speedup", "won", "diverged"]
+    steady = results["summary"]["steady"]["10"]["quadratic4"]
+    line = next(r for r in rows if r.split()[:2] == ["quadratic4", "steady"])
+    assert f"{steady['final_loss']['median']:.4g}" in line and f"{steady['fraction_won']:.0%}" in line
+    assert "| family | optimizer | final loss: median [q25, q75] | mean final loss | median best loss |" in full
 
 
 @pytest.mark.parametrize("name", ["adam", "sgdm", "lodo"])

@@ -26,7 +26,9 @@ from l2o.evaluate.outputs import check_out_dir, write_outputs
 from l2o.evaluate.report import run_metrics, summarize
 from l2o.evaluate.runner import Curves, run_curves, run_grid
 from l2o.evaluate.tuning import DEFAULT_GRID, grid_metas, resolve_baseline, tune_lr
-from l2o.task_distributions import get_suite, suite_names
+from l2o.cards import training_horizon
+from l2o.task_distributions import get_suite
+from l2o.task_distributions.suites import training_suite
 
 _SEED_STRIDE = 1_000_000  # each seed draws a fresh, disjoint set of held-out task indices
 REFERENCE = "adam"  # default reference of speedups and wins (it always runs); `reference=` picks another
@@ -57,19 +59,12 @@ def _label(path, taken) -> str:
     return label
 
 
-def _training_horizon(info: Dict) -> Optional[int]:
-    """The inner horizon a checkpoint was meta-trained with (config horizon 0 = its suite's)."""
-    config = info.get("config") or {}
-    if config.get("horizon"):
-        return int(config["horizon"])
-    name = config.get("suite") or info.get("suite")
-    return get_suite(name).horizon if name in suite_names() else None
 
 
 def _base_horizon(steps, learned, suite) -> Tuple[int, str]:
     if steps:
         return int(steps), "set by steps / --steps"
-    trained = {_training_horizon(info) for _, _, info in learned.values()}
+    trained = {training_horizon(info) for _, _, info in learned.values()}
     if len(trained) == 1 and None not in trained:
         return trained.pop(), "training horizon of the checkpoint(s)"
     return suite.horizon, f"horizon of suite {suite.name!r}"
@@ -237,7 +232,7 @@ def evaluate(
     for path in checkpoint_paths:  # labels never collide with each other or with a baseline's name
         learned[_label(path, {*learned, *names, f"{reference}_oracle"})] = checkpoints.load(path, device=device)
     if suite is None:
-        trained_on = [info.get("suite") for _, _, info in learned.values() if info.get("suite")]
+        trained_on = [training_suite(info) for _, _, info in learned.values() if training_suite(info)]
         suite = trained_on[0] if trained_on else "quickstart"
     the_suite = get_suite(suite)
     base, source = _base_horizon(steps, learned, the_suite)
@@ -272,7 +267,7 @@ def evaluate(
         "tuning": {},
     }
     for label, (lopt, _, info) in learned.items():
-        entry = {"kind": "learned", "architecture": lopt.name, "trained_horizon": _training_horizon(info)}
+        entry = {"kind": "learned", "architecture": lopt.name, "trained_horizon": training_horizon(info)}
         results["optimizers"][label] = {**entry, "runs": {}}
     for name in names:
         registered, fixed = resolved[name]

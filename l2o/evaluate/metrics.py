@@ -17,7 +17,10 @@ recomputed from `results.json`. Definitions (docs/evaluation.md repeats them for
   never gets there within R·N steps the value is *censored*: τ > R·N is all we know, so it is
   recorded as the lower bound R with a censored flag, and aggregates (mean, median, quartiles) that
   include censored values are lower bounds. A diverged optimizer run has speedup 0 (its result is
-  beaten from the start).
+  beaten from the start). Losses at or below LOSS_FLOOR (exact zeros: a classifier that fits its
+  data) all count as the floor, and a run that ends there is timed from the step it first got there,
+  τ_own: its speedup is τ/τ_own (1 when both start there), since dividing by N would charge it for
+  the steps it spent at 0 — an oracle reaching the same 0 as tuned Adam would read 0.1×.
 - won: the optimizer's final loss is strictly below the reference's; a diverged run never wins,
   and a finite run wins against a diverged reference.
 """
@@ -74,11 +77,14 @@ def steps_to_reach(reference: Tensor, targets: Tensor) -> Tensor:
 def speedup(curves: Tensor, reference: Tensor) -> Dict[str, Tensor]:
     """VeLO-style speedup of `curves` (N steps) over `reference` (same tasks, ≥ N steps); see the module doc."""
     steps = curves.shape[-1] - 1
-    cap = (reference.shape[-1] - 1) / steps
-    tau = steps_to_reach(reference, curves[..., -1])
+    target = curves[..., -1].clamp_min(LOSS_FLOOR)  # every loss ≤ the floor is the floor
+    tau = steps_to_reach(reference, target)
+    at_floor = curves[..., -1] <= LOSS_FLOOR
+    own = torch.where(at_floor, steps_to_reach(curves, target), torch.full_like(tau, steps)).double()
     failed = diverged(curves)
     censored = (tau < 0) & ~failed
-    value = torch.where(censored, torch.full_like(tau, cap, dtype=torch.float64), tau.double() / steps)
+    reached = torch.where(censored, torch.full_like(own, reference.shape[-1] - 1), tau.double())
+    value = torch.where(own > 0, reached / own.clamp_min(1), torch.ones_like(own))  # own = 0: both start at 0
     value = torch.where(failed, torch.zeros_like(value), value)
     return {"speedup": value, "speedup_censored": censored, "reference_steps": torch.where(failed, -1, tau)}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Dict, Iterator, List
 
 import torch
@@ -182,7 +183,8 @@ def markdown_table(results: Dict) -> str:
         "(tuned) is the reference for speedup and wins, and the *best tuned baseline* of each family and horizon "
         "(best on the training tasks) is a second one; the oracle picks the best LR per held-out task "
         f"(not a fair baseline). Speedup = steps the reference needs to reach the optimizer's final loss ÷ "
-        f"steps, measured up to {results['speedup_cap']}× (≥: lower bound, some runs censored). Loss metrics "
+        f"steps, measured up to {results['speedup_cap']}× (≥: lower bound, some runs censored; a run that reaches "
+        "a loss of 0 is timed from the step it got there). Loss metrics "
         "exclude diverged runs; ms/step is per task, amortized over vmapped tasks. Definitions: docs/evaluation.md.",
     ]
     families = list(results["tasks"])
@@ -195,6 +197,49 @@ def markdown_table(results: Dict) -> str:
             lines += ["", f"All families pooled, {n} steps:", ""]
             lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
             lines += list(_rows(results, n, "all"))
+    return "\n".join(lines) + "\n"
+
+
+def _compact_cells(results: Dict, n: str, fam: str) -> Iterator[List[str]]:
+    for name, horizons in results["summary"].items():
+        row = horizons[n][fam]
+        if "speedup" in row:
+            bound = "≥" if row["speedup_censored"] else ""
+            speedup, won = f"{bound}{_num(row['speedup']['median'])}×", f"{row['fraction_won']:.0%}"
+        else:
+            speedup = won = "ref" if name == results["reference"] else "—"
+        yield [fam, name, _spread(row["final_loss"]), speedup, won, f"{row['diverged']}/{row['runs']}"]
+
+
+def _aligned(rows: List[List[str]]) -> List[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+_PROSE_WIDTH = 100
+_COMPACT_COLUMNS = ["family", "optimizer", "final loss: median [q25, q75]", "speedup", "won", "diverged"]
+
+
+def compact_table(results: Dict) -> str:
+    """The terminal's table: six columns (family, optimizer, final loss, median speedup, wins,
+    divergences) per horizon, pooled rows last; `markdown_table` has every metric (results.md)."""
+    families = list(results["tasks"])
+    lines = textwrap.wrap(
+        f"suite {results['suite']} (split {results['split']}): {results['tasks_per_family']} tasks per family × "
+        f"{results['seeds']} seed(s); speedup and won are against {results['reference']} tuned on training tasks",
+        _PROSE_WIDTH,
+    )
+    for n in (str(h) for h in results["horizons"]):
+        rows = [_COMPACT_COLUMNS]
+        for fam in families + (["all"] if len(families) > 1 else []):
+            rows += list(_compact_cells(results, n, fam))
+        lines += ["", f"{n} steps ({int(n) / results['base_horizon']:g}× the base horizon {results['base_horizon']})"]
+        lines += _aligned(rows)
+    lines += [""] + textwrap.wrap(
+        "speedup: median of (steps tuned Adam needs to reach the run's final loss) ÷ steps, ≥ = lower bound; "
+        "won: share of runs ending below tuned Adam. Every metric: results.md (--out DIR); docs/evaluation.md.",
+        _PROSE_WIDTH,
+    )
     return "\n".join(lines) + "\n"
 
 

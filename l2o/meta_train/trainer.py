@@ -30,6 +30,7 @@ from l2o.meta_train.schedules import HorizonSchedule
 from l2o.meta_train.unroll import TaskGroup
 from l2o.meta_train.validation import MetaValidator
 from l2o.task_distributions import get_suite
+from l2o.task_distributions.suites import suite_spec
 from l2o.task_distributions.base import generator
 
 CHECKPOINT = "checkpoint.safetensors"  # the best by meta-validation when validation is on, else the last
@@ -187,6 +188,7 @@ class MetaTrainer:
         return {
             "config": self.config.to_dict(),
             "suite": self.config.suite,
+            "suite_spec": suite_spec(self.config.suite),  # loads the same suite from any directory
             "outer_steps": self.step,
             "final_meta_loss": self.history["meta_loss"][-1] if self.history["meta_loss"] else None,
             **({"validation": self.best_validation()} if self.validator else {}),
