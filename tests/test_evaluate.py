@@ -12,7 +12,17 @@ import torch
 
 from l2o import checkpoints, optimizers
 from l2o.errors import UnknownNameError
-from l2o.evaluate import compact_table, evaluate, markdown_table, metrics, run_curves, run_grid, run_metrics, summarize, tune_lr
+from l2o.evaluate import (
+    compact_table,
+    evaluate,
+    markdown_table,
+    metrics,
+    run_curves,
+    run_grid,
+    run_metrics,
+    summarize,
+    tune_lr,
+)
 from l2o.evaluate.outputs import jsonable
 from l2o.evaluate.tuning import BASELINES, baseline_names, grid_metas, score
 from l2o.optimizers.baselines import SGD
@@ -245,10 +255,13 @@ def test_compact_table_is_narrow_and_the_full_one_keeps_every_metric(evaluation)
     assert len(rows) == 2 * 3 * len(results["optimizers"])  # horizons × (families + pooled) × optimizers
     assert max(len(line) for line in compact.splitlines()) <= 100
     header = next(line for line in compact.splitlines() if line.startswith("family"))
-    assert header.split() == ["family", "optimizer", "final", "loss:", "median", "[q25,", "q75]", "speedup", "won", "diverged"]
+    assert header.split() == [
+        "family", "optimizer", "final", "loss:", "median", "[q25,", "q75]", "speedup", "won", "vs", "best", "diverged"
+    ]  # fmt: skip
     steady = results["summary"]["steady"]["10"]["quadratic4"]
     line = next(r for r in rows if r.split()[:2] == ["quadratic4", "steady"])
     assert f"{steady['final_loss']['median']:.4g}" in line and f"{steady['fraction_won']:.0%}" in line
+    assert f"{steady['speedup_vs_best']['median']:.4g}×, {steady['fraction_won_vs_best']:.0%}" in line
     assert "| family | optimizer | final loss: median [q25, q75] | mean final loss | median best loss |" in full
 
 

@@ -20,13 +20,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from l2o import checkpoints, optimizers
+from l2o.cards import training_horizon
 from l2o.devices import resolve_device
 from l2o.errors import ConfigError
 from l2o.evaluate.outputs import check_out_dir, write_outputs
 from l2o.evaluate.report import run_metrics, summarize
 from l2o.evaluate.runner import Curves, run_curves, run_grid
 from l2o.evaluate.tuning import DEFAULT_GRID, grid_metas, resolve_baseline, tune_lr
-from l2o.cards import training_horizon
 from l2o.task_distributions import get_suite
 from l2o.task_distributions.suites import training_suite
 
@@ -57,8 +57,6 @@ def _label(path, taken) -> str:
     while label in taken:
         label, k = f"{base}#{k}", k + 1
     return label
-
-
 
 
 def _base_horizon(steps, learned, suite) -> Tuple[int, str]:

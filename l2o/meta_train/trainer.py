@@ -30,8 +30,8 @@ from l2o.meta_train.schedules import HorizonSchedule
 from l2o.meta_train.unroll import TaskGroup
 from l2o.meta_train.validation import MetaValidator
 from l2o.task_distributions import get_suite
-from l2o.task_distributions.suites import suite_spec
 from l2o.task_distributions.base import generator
+from l2o.task_distributions.suites import suite_spec
 
 CHECKPOINT = "checkpoint.safetensors"  # the best by meta-validation when validation is on, else the last
 LAST = "last.safetensors"  # the last meta-parameters, beside the best
