@@ -47,7 +47,7 @@ def test_card_fields_win_and_a_log_uniform_horizon_reads_as_a_range(tmp_path):
 def test_list_shows_new_checkpoints_without_code_changes(tmp_path, monkeypatch, capsys):
     _save(tmp_path / "tab-mlp.safetensors", {"config": {"horizon": 200, "suite": "mlp-small"}, "card": CARD})
     (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
-    monkeypatch.setattr(checkpoints, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(checkpoints, "shipped_dir", lambda: tmp_path)
     assert main(["list"]) == 0
     out = capsys.readouterr().out.split("shipped checkpoints")[1]
     assert "tab-mlp            lstm, meta-trained on suite mlp-small, horizon 200" in out
