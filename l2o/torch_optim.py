@@ -50,12 +50,12 @@ def contain_nonfinite(params: Dict[str, Tensor], grads: Dict[str, Tensor]) -> Tu
     if next(iter(grads.values())).device.type == "meta":  # shapes without values: nothing to find
         return grads, {}
     sums = [g.sum(dtype=torch.promote_types(g.dtype, torch.float32)) for g in grads.values()]
-    if bool(torch.isfinite(torch.stack(sums)).all()):  # a NaN or inf entry makes its tensor's sum non-finite
+    if math.isfinite(float(torch.stack(sums).sum())):  # a NaN or inf entry makes the sum non-finite
         return grads, {}
     found: Contained = {}
     for name, g in grads.items():
         bad = ~torch.isfinite(g)
-        if bad.any():  # (an overflowing sum of finite entries finds nothing here)
+        if bad.any():  # (a sum of finite entries that overflows finds nothing here)
             found[name] = (bad, params[name][bad])  # (a copy: boolean indexing gathers)
     return {n: torch.where(found[n][0], torch.zeros_like(g), g) if n in found else g for n, g in grads.items()}, found
 
