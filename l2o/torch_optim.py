@@ -50,13 +50,13 @@ def contain_nonfinite(params: Dict[str, Tensor], grads: Dict[str, Tensor]) -> Tu
     if next(iter(grads.values())).device.type == "meta":  # shapes without values: nothing to find
         return grads, {}
     sums = [g.sum(dtype=torch.promote_types(g.dtype, torch.float32)) for g in grads.values()]
-    if bool(torch.isfinite(torch.stack(sums)).all()):  # a NaN or inf entry makes its tensor's sum non-finite
+    if math.isfinite(float(torch.stack(sums).sum())):  # a NaN or inf entry makes the sum non-finite
         return grads, {}
     found: Contained = {}
     for name, g in grads.items():
         bad = ~torch.isfinite(g)
-        if bad.any():  # (an overflowing sum of finite entries finds nothing here)
-            found[name] = (bad, params[name][bad].clone())
+        if bad.any():  # (a sum of finite entries that overflows finds nothing here)
+            found[name] = (bad, params[name][bad])  # (a copy: boolean indexing gathers)
     return {n: torch.where(found[n][0], torch.zeros_like(g), g) if n in found else g for n, g in grads.items()}, found
 
 
@@ -123,16 +123,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
     # -- helpers ------------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
         """As torch's, refusing what the functional step cannot take: complex or integer
-        parameters, and parameters of different dtypes (the architectures concatenate them)."""
+        parameters, and parameters of different dtypes (the architectures concatenate them). A
+        refused group is not added."""
         super().add_param_group(param_group)
         everything = [p for group in self.param_groups for p in group["params"]]
-        for p in everything:
-            if p.is_complex() or not p.is_floating_point():
-                raise ConfigError(
-                    f"{type(self).__name__} needs real floating-point parameters, got a {p.dtype} one"
-                    + (" (split it with torch.view_as_real)" if p.is_complex() else "")
-                )
+        unusable = next((p for p in everything if p.is_complex() or not p.is_floating_point()), None)
         dtypes = sorted({str(p.dtype).replace("torch.", "") for p in everything})
+        if unusable is not None or len(dtypes) > 1:
+            self.param_groups.pop()
+        if unusable is not None:
+            raise ConfigError(
+                f"{type(self).__name__} needs real floating-point parameters, got a {unusable.dtype} one"
+                + (" (split it with torch.view_as_real)" if unusable.is_complex() else "")
+            )
         if len(dtypes) > 1:
             raise ConfigError(
                 f"{type(self).__name__} needs all parameters in one dtype, got {', '.join(dtypes)}; "

@@ -420,3 +420,10 @@ def test_adapter_arguments_it_cannot_use(make, message):
         make()
     assert isinstance(info.value, ValueError)  # what torch.optim raises for bad arguments
     assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_refused_param_group_is_not_added():
+    opt = l2o.LearnedOptimizer(_model().parameters(), optimizer="adam")
+    with pytest.raises(L2OError, match="one dtype"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))]})
+    assert len(opt.param_groups) == 1
