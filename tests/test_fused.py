@@ -249,7 +249,8 @@ def _probe(tmp_path, **env_changes):
     env = {k: v for k, v in os.environ.items() if k != fused.OPT_OUT}
     env.update(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"), PYTHONPATH=str(Path(l2o.__file__).parent.parent))
     env.update(env_changes)
-    done = subprocess.run([sys.executable, "-c", _PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", _PROBE]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)  # against a hang
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
@@ -275,7 +276,8 @@ def _failing_compiler(tmp_path):
     log, compiler = tmp_path / "compiler_calls.log", tmp_path / "failing-g++"
     compiler.write_text(
         f'#!/bin/sh\necho "$@" >> "{log}"\n'
-        'case "$1" in -v|--version) echo "gcc version 12.2.0 (fails every compile)"; exit 0;; -dumpfullversion) echo 12.2.0; exit 0;; esac\n'
+        'case "$1" in -v|--version) echo "gcc version 12.2.0 (fails every compile)"; exit 0;;\n'
+        "  -dumpfullversion) echo 12.2.0; exit 0;;\nesac\n"
         'echo "failing-g++: error: this compiler always fails" >&2\nexit 1\n'
     )
     compiler.chmod(0o755)
