@@ -244,13 +244,13 @@ print(json.dumps({"same": same, "reason": fused.unavailable_reason(), "strict": 
 """
 
 
-def _probe(tmp_path, **env_changes):
+def _probe(tmp_path, timeout=1800, **env_changes):
     """Run _PROBE in a fresh interpreter (this l2o, its own extension cache): (result, stderr)."""
     env = {k: v for k, v in os.environ.items() if k != fused.OPT_OUT}
     env.update(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"), PYTHONPATH=str(Path(l2o.__file__).parent.parent))
     env.update(env_changes)
     command = [sys.executable, "-c", _PROBE]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)  # against a hang
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)  # against a hang
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
@@ -299,6 +299,18 @@ def test_a_failed_build_warns_once_and_is_not_retried_by_later_processes(tmp_pat
     assert "its build failed before (" in second["reason"] and str(markers[0]) in second["reason"]
     assert len(_kernel_warnings(stderr)) == 1 and second["same"] == {"mlp": True, "velo": True}
     assert log.read_text() == calls  # remembered: the compiler was not called again
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the failing compiler is a shell script")
+def test_a_build_killed_midway_does_not_make_later_processes_wait_forever(tmp_path):
+    compiler, log = _failing_compiler(tmp_path)
+    name = fused.extension_name(fused._compile_flags())
+    stale = tmp_path / "torch_extensions" / name / "lock"  # what torch leaves when its build is killed
+    stale.parent.mkdir(parents=True)
+    stale.touch()
+    result, _ = _probe(tmp_path, timeout=300, CXX=str(compiler))  # torch alone would wait on it forever
+    assert "its build failed (failing-g++: error: this compiler always fails;" in result["reason"]
+    assert log.read_text() and not stale.exists()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the failing compiler is a shell script")

@@ -23,12 +23,16 @@ Apple's clang: the kernel then runs on one thread). Where no kernel can be had (
 ninja, MSVC, a failed build) `available()` is False, `unavailable_reason()` says why, the `torch.optim`
 adapter falls back to the functional step and one `KernelUnavailableWarning` per process says so
 and what it costs. A failed build is remembered in a marker file beside torch's extension cache
-(keyed by the sources, flags, compiler and torch), so later processes do not retry it.
+(keyed by the sources, flags, compiler and torch), so later processes do not retry it. A build
+killed midway (Ctrl-C, kill -9, a session's end) leaves torch's own lock file behind, on which every
+later process would wait forever; builds here hold an OS lock (released when its holder dies), under
+which such a leftover lock file is known to be stale and is removed.
 `L2O_NO_KERNEL=1` skips the kernel without a warning (as `LearnedOptimizer(fused=False)` does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -81,6 +85,12 @@ def _compile_flags() -> List[str]:
     return flags
 
 
+def extension_name(flags: List[str]) -> str:
+    """The extension's name in torch's cache: a new one for every change of sources or flags."""
+    code = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
+    return f"l2o_per_param_mlp_{hashlib.sha1(code + ' '.join(flags).encode()).hexdigest()[:12]}"
+
+
 def _missing_tool() -> Optional[str]:
     """Why no build can start here (cheap checks, repeated per process), or None."""
     from torch.utils import cpp_extension
@@ -105,6 +115,39 @@ def _failure_marker(name: str, flags: List[str]) -> Path:
     return Path(root) / f"{name}.build-failed-{key}.txt"
 
 
+BUILD_WAIT_S = 1800.0  # how long a process waits for another one's build before going without
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Yield True once this process alone may build in `build_dir` (False: another build outlasted
+    BUILD_WAIT_S). Holding it, torch's `lock` file there can only be left by a killed build."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows has no kernel anyway): torch's lock file alone
+        yield True
+        return
+    import time
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "l2o-build.flock", "a") as handle:
+        deadline = time.monotonic() + BUILD_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.5)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)  # a killed build's: ours would be released
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _first_error(text: str) -> str:
     """The line of a build log that says what went wrong (the compiler's first `error:`), shortened."""
     lines = [line.strip() for line in text.splitlines() if line.strip()] or ["unknown error"]
@@ -115,8 +158,7 @@ def _first_error(text: str) -> str:
 def _build() -> Tuple[object, Optional[str]]:
     """(the compiled extension, None), or (None, why there is none)."""
     flags = _compile_flags()
-    code = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
-    name = f"l2o_per_param_mlp_{hashlib.sha1(code + ' '.join(flags).encode()).hexdigest()[:12]}"
+    name = extension_name(flags)
     missing = _missing_tool()
     if missing:
         return None, missing
@@ -130,10 +172,15 @@ def _build() -> Tuple[object, Optional[str]]:
 
     openmp = ["-fopenmp"] if "-fopenmp" in flags else []
     sources = [str(path) for path in _SOURCES]
-    with warnings.catch_warnings(record=True) as caught:  # torch's (compiler checks): shown only on success
-        warnings.simplefilter("always")
+    build_dir = marker.parent / name  # beside the failure marker, in torch's extension cache
+    with _build_lock(build_dir) as mine, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # torch's (compiler checks): shown only on success
         try:
-            extension = cpp_extension.load(name=name, sources=sources, extra_cflags=flags, extra_ldflags=openmp, verbose=False)
+            if not mine:
+                return None, f"another process has been building it in {build_dir} for over {BUILD_WAIT_S:.0f} s"
+            extension = cpp_extension.load(
+                name=name, sources=sources, extra_cflags=flags, extra_ldflags=openmp, build_directory=str(build_dir), verbose=False
+            )
         except Exception as err:  # a compile or link error: remembered, so no later process tries again
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text("\n".join([f"{type(err).__name__}: {err}", *(str(w.message) for w in caught)]) + "\n")
