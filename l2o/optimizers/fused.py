@@ -25,6 +25,7 @@ adapter falls back to the functional step and one `KernelUnavailableWarning` per
 and what it costs. A failed build is remembered in a marker file beside torch's extension cache
 (keyed by the sources, flags, compiler and torch), so later processes do not retry it.
 `L2O_NO_KERNEL=1` skips the kernel without a warning (as `LearnedOptimizer(fused=False)` does).
+The architectures declare the capability (`has_fused_step`; `fused_unsupported` calls `unsupported`).
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ MAX_DECAYS, MAX_HIDDEN = 4, 64  # the kernel's fixed array sizes (csrc: MAX_K, M
 
 def unsupported(lopt) -> Optional[str]:
     """Why the kernel cannot run this optimizer's hyperparameters (None if it can)."""
-    if len(lopt.momentum_decays) > MAX_DECAYS or len(lopt.adafactor_decays) > MAX_DECAYS:
+    if len(lopt.features.momentum_decays) > MAX_DECAYS or len(lopt.features.adafactor_decays) > MAX_DECAYS:
         return f"the fused kernel handles at most {MAX_DECAYS} momentum and {MAX_DECAYS} Adafactor decays"
     if lopt.hidden > MAX_HIDDEN:
         return f"the fused kernel handles MLPs up to {MAX_HIDDEN} hidden units, got {lopt.hidden}"
