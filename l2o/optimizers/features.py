@@ -218,6 +218,11 @@ class FeatureSet:
     def clip(self, g: Tensor) -> Tensor:
         return g.clamp(-self.grad_clip, self.grad_clip)
 
+    @property
+    def adam_betas(self) -> Tuple[float, float]:
+        """β1, β2 of the Adam whose moments `adam_moments` returns (when the decays are not learned)."""
+        return self.momentum_decays[0], self.rms_decay
+
     @staticmethod
     def adam_moments(acc: Dict[str, Tensor], decays: Decays) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """(m, v, β1, β2) of Adam within the new accumulators: the first momentum and the rms, so the

@@ -12,7 +12,7 @@ Inputs (`preprocess`):
 
 Init (`init`):
 - "random": the papers' init; the step starts as whatever the random network says.
-- "deterministic": Adam plus the LSTM as a learned correction (`transforms.AdamPlusCorrection`,
+- "deterministic": Adam plus the LSTM as a learned correction (`learned.AdamPlusCorrection`,
   docs/algorithms.md §6): the step is Adam's (lr = exp(log_lr), a meta-parameter, β = 0.9/0.999)
   plus the LSTM's output, whose head starts at exactly zero, so the untrained optimizer *is* Adam
   and meta-training only has to learn an improvement. The LSTM keeps Adam's moments for it.
@@ -27,9 +27,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from l2o.optimizers import transforms as T
 from l2o.optimizers.base import MetaParams, Params, State, bias_corrected, safe_sqrt
-from l2o.optimizers.nets import check_init, linear_init, lstm_cell
+from l2o.optimizers.learned import AdamStep, LearnedArchitecture, LearnedRule
+from l2o.optimizers.nets import linear_init, lstm_cell
 from l2o.tree import cat_rows, flatten, split_rows, unflatten, zeros_like_tree
 
 _PREPROCESS = ("log_sign", "rnnprop")
@@ -37,7 +37,7 @@ ADAM_BETAS = (0.9, 0.999)  # of the deterministic init's Adam
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTMRule(T.LearnedRule):
+class LSTMRule(LearnedRule):
     """The coordinatewise LSTM's step, with an optional base (Adam) subtracted from it."""
 
     name = "lstm_rule"
@@ -69,6 +69,9 @@ class LSTMRule(T.LearnedRule):
     def zero_output(self, meta):
         return {k: torch.zeros_like(v) if k in ("head.w", "head.b") else v for k, v in meta.items()}
 
+    def adam_betas(self):
+        return ADAM_BETAS
+
     # -- state ----------------------------------------------------------------------------------
     def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
         ref = next(iter(params.values()))
@@ -99,7 +102,7 @@ class LSTMRule(T.LearnedRule):
         x = torch.stack([g / s_hat, bias_corrected(m, b1, t) / s_hat], dim=-1)
         return x, {"m": m, "v": v}
 
-    def update(self, meta, grads, state, params, loss=None, base: Optional[T.AdamStep] = None):
+    def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         t = state["t"] + 1
         g = flatten(grads)
         x, ema = self._inputs(g, state, t)
@@ -138,22 +141,15 @@ class LSTMRule(T.LearnedRule):
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTMOptimizer(T.Composed, LSTMRule):
-    """`lstm`: the rule's hyperparameters, the init and the deterministic init's Adam."""
+class LSTMOptimizer(LearnedArchitecture, LSTMRule):
+    """`lstm`: the rule's hyperparameters, plus the init and its Adam (`LearnedArchitecture`)."""
 
     name = "lstm"
-    init: str = "random"
-    base_lr: float = 1e-3  # deterministic init: the Adam learning rate the optimizer starts as
+    rule = LSTMRule
 
     def validate(self):
+        super().validate()
         if self.preprocess not in _PREPROCESS:
             raise ValueError(f"lstm: preprocess must be one of {_PREPROCESS}, got {self.preprocess!r}")
-        check_init("lstm", self.init)
         if self.hidden < 1 or self.layers < 1:
             raise ValueError("lstm: hidden and layers must be ≥ 1")
-
-    def build(self):
-        return T.with_deterministic_init(self.part(LSTMRule), self.init, self.base_lr, self.eps)
-
-    def starts_as(self, context=None):
-        return T.adam_at_init(self.base_lr, self.eps, *ADAM_BETAS) if self.init == "deterministic" else None

@@ -10,7 +10,7 @@ its two outputs are a direction d and a log-magnitude μ:
 
 Init (`init`):
 - "random": the paper's init (every layer PyTorch-Linear-style uniform).
-- "deterministic": Adam plus the MLP as a learned correction (`transforms.AdamPlusCorrection`,
+- "deterministic": Adam plus the MLP as a learned correction (`learned.AdamPlusCorrection`,
   docs/algorithms.md §6). Adam's β1, β2 are the first momentum decay and the rms decay (0.9, 0.999 by
   default; its moments are those features), its lr = exp(log_lr) a meta-parameter, and the output
   layer starts at exactly zero (d = μ = 0), so the untrained optimizer *is* Adam:
@@ -31,23 +31,14 @@ import torch
 from torch import Tensor
 
 from l2o.optimizers import fused
-from l2o.optimizers import transforms as T
 from l2o.optimizers.base import MetaParams, Params, State
-from l2o.optimizers.features import (
-    ACCUMULATORS,
-    TIME_SCALES,
-    FeatureSet,
-    accumulators_of,
-    adam_constants,
-    as_feature_set,
-    nest_feature_hyperparameters,
-    time_features,
-)
-from l2o.optimizers.nets import Layers, apply_param_mlp, check_init, init_mlp, layers_from, mlp_sizes
+from l2o.optimizers.features import ACCUMULATORS, TIME_SCALES, FeatureSet, accumulators_of, adam_constants, time_features
+from l2o.optimizers.learned import AdamStep, LearnedArchitecture, LearnedRule
+from l2o.optimizers.nets import Layers, apply_param_mlp, init_mlp, layers_from, mlp_sizes
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPRule(T.LearnedRule):
+class MLPRule(LearnedRule):
     """The learned rule p ← p - exp(exp_mult·μ)·(step_mult·d [+ base]) (see the module doc)."""
 
     name = "mlp_rule"
@@ -73,6 +64,9 @@ class MLPRule(T.LearnedRule):
         output = (f"mlp.w{self.layers}", f"mlp.b{self.layers}")
         return {k: torch.zeros_like(v) if k in output else v for k, v in meta.items()}
 
+    def adam_betas(self):
+        return self.features.adam_betas
+
     def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
         ref = next(iter(params.values()))
         return {"t": torch.zeros((), dtype=ref.dtype, device=ref.device), **self.features.init_state(params)}
@@ -86,7 +80,7 @@ class MLPRule(T.LearnedRule):
         layers[0] = (w0[:n_feat], b0 + time_features(t) @ w0[n_feat:])
         return layers
 
-    def update(self, meta, grads, state, params, loss=None, base: Optional[T.AdamStep] = None):
+    def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         fs = self.features
         decays = fs.decays(meta, next(iter(params.values())))
         t = state["t"] + 1
@@ -109,32 +103,17 @@ class MLPRule(T.LearnedRule):
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPOptimizer(T.Composed, MLPRule):
-    """`mlp`: the rule's hyperparameters, the init and the deterministic init's Adam."""
+class MLPOptimizer(LearnedArchitecture, MLPRule):
+    """`mlp`: the rule's hyperparameters, plus the init and its Adam (`LearnedArchitecture`)."""
 
     name = "mlp"
+    rule = MLPRule
     has_fused_step = True
-    init: str = "random"
-    base_lr: float = 1e-3  # deterministic init: the Adam learning rate the optimizer starts as
-    eps: float = 1e-8  # Adam's ε in the deterministic init's Adam term
-
-    upgrade_hyperparameters = classmethod(nest_feature_hyperparameters)
 
     def validate(self):
-        check_init("mlp", self.init)
+        super().validate()
         if self.hidden < 1 or self.layers < 1:
             raise ValueError(f"mlp: hidden and layers must be ≥ 1, got hidden={self.hidden}, layers={self.layers}")
-        if self.base_lr <= 0:
-            raise ValueError(f"mlp: base_lr must be > 0, got {self.base_lr}")
-        object.__setattr__(self, "features", as_feature_set(self.features))
-
-    def build(self):
-        return T.with_deterministic_init(self.part(MLPRule), self.init, self.base_lr, self.eps)
-
-    def starts_as(self, context=None):
-        """Adam(β1 = the first momentum decay, β2 = the rms decay) at init="deterministic"."""
-        fs = self.features
-        return T.adam_at_init(self.base_lr, self.eps, fs.momentum_decays[0], fs.rms_decay) if self.init == "deterministic" else None
 
     def fused_unsupported(self) -> Optional[str]:
         return fused.unsupported(self)

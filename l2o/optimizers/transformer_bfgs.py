@@ -44,7 +44,7 @@ Step: x ← x - exp(log_lr + a)·B·d.
 
 Init (`init`):
 - "random": every weight drawn; gate = 1, so B learns from the first step.
-- "deterministic" (Adam plus a learned correction, `transforms.AdamPlusCorrection`; docs/algorithms.md
+- "deterministic" (Adam plus a learned correction, `learned.AdamPlusCorrection`; docs/algorithms.md
   §6): the d, u, w and a heads start at zero and d gets Adam's direction (β = 0.9/0.999) added, and
   the meta-parameter `gate` starts at 0 so B stays exactly I:
   the untrained optimizer *is* Adam with lr = exp(log_lr). The gate's clamp to [0, 1] is
@@ -63,21 +63,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from l2o.optimizers import transforms as T
 from l2o.optimizers.base import MetaParams, Params, State
 from l2o.optimizers.features import (
     ACCUMULATORS,
     TIME_SCALES,
     FeatureSet,
     accumulators_of,
-    as_feature_set,
-    nest_feature_hyperparameters,
     rms_scales,
     safe_sqrt,
     stack_full,
     time_features,
 )
-from l2o.optimizers.nets import check_init, linear_init
+from l2o.optimizers.learned import AdamStep, LearnedArchitecture, LearnedRule
+from l2o.optimizers.nets import linear_init
 
 _MASKED = -1e9  # attention logit of padded keys (finite: keeps gradients finite)
 
@@ -139,7 +137,7 @@ def _layer_norm(x: Tensor, meta: MetaParams, prefix: str) -> Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerBFGSRule(T.LearnedRule):
+class TransformerBFGSRule(LearnedRule):
     """The learned rule of the module doc, with an optional base added to its direction d."""
 
     name = "transformer_bfgs_rule"
@@ -194,6 +192,9 @@ class TransformerBFGSRule(T.LearnedRule):
         }
         return {k: zeros.get(k, v) for k, v in meta.items()}
 
+    def adam_betas(self):
+        return self.features.adam_betas
+
     # -- state ----------------------------------------------------------------------------------
     def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
         ref = next(iter(params.values()))
@@ -217,7 +218,7 @@ class TransformerBFGSRule(T.LearnedRule):
             x = x + h @ meta[f"{pre}.ffn2.w"] + meta[f"{pre}.ffn2.b"]
         return _layer_norm(x, meta, "final_ln")
 
-    def update(self, meta, grads, state, params, loss=None, base: Optional[T.AdamStep] = None):
+    def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         fs, b = self.features, self.block_size
         ref = next(iter(params.values()))
         decays = fs.decays(meta, ref)
@@ -277,16 +278,16 @@ class TransformerBFGSRule(T.LearnedRule):
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerBFGS(T.Composed, TransformerBFGSRule):
-    """`transformer_bfgs`: the rule's hyperparameters and the init."""
+class TransformerBFGS(LearnedArchitecture, TransformerBFGSRule):
+    """`transformer_bfgs`: the rule's hyperparameters, plus the init and its Adam. The rule's own
+    exp(log_lr + a)·B scales the sum, so Adam's direction enters unscaled (`rule_scales`)."""
 
     name = "transformer_bfgs"
-    init: str = "random"
-
-    upgrade_hyperparameters = classmethod(nest_feature_hyperparameters)
+    rule = TransformerBFGSRule
+    rule_scales = True
 
     def validate(self):
-        check_init("transformer_bfgs", self.init)
+        super().validate()
         sizes = dict(block_size=self.block_size, embed=self.embed, heads=self.heads, layers=self.layers)
         sizes["ffn_mult"] = self.ffn_mult
         bad = {k: v for k, v in sizes.items() if v < 1}
@@ -298,15 +299,3 @@ class TransformerBFGS(T.Composed, TransformerBFGSRule):
             raise ValueError(f"transformer_bfgs: identity_mix must be in (0, 1), got {self.identity_mix}")
         if self.curvature_floor <= 0:
             raise ValueError(f"transformer_bfgs: curvature_floor must be > 0, got {self.curvature_floor}")
-        if self.base_lr <= 0:
-            raise ValueError(f"transformer_bfgs: base_lr must be > 0, got {self.base_lr}")
-        object.__setattr__(self, "features", as_feature_set(self.features))
-
-    def build(self):
-        # The rule's own exp(log_lr + a)·B scales the sum, so Adam's direction enters unscaled.
-        return T.with_deterministic_init(self.part(TransformerBFGSRule), self.init, None, self.eps)
-
-    def starts_as(self, context=None):
-        """Adam(lr = base_lr, β1 = the first momentum decay, β2 = the rms decay): B = I, a = 0."""
-        fs = self.features
-        return T.adam_at_init(self.base_lr, self.eps, fs.momentum_decays[0], fs.rms_decay) if self.init == "deterministic" else None

@@ -13,11 +13,8 @@ incoming updates (the gradients, for the first piece) to new ones. Pieces compos
   `by_name_or_ndim` (names matching given substrings, such as embeddings, go to the vector branch).
 - `Sum` adds the updates of two transforms fed the same input: a hand-designed base optimizer plus a
   learned correction whose output layer starts at zero is exactly the base optimizer at init.
-- `AdamPlusCorrection` is that for the learned architectures (lstm, mlp, velo, transformer_bfgs):
-  their `LearnedRule` adds Adam's step to its direction itself, from the moments it keeps, so that
-  a learned gain can act on the sum (see the class).
-- `Composed` is the base of registered optimizers defined as such a composition (baselines, the
-  learned architectures, celo): fields are hyperparameters, `build()` returns the composition.
+- `Composed` is the base of registered optimizers defined as such a composition (baselines, celo,
+  the learned architectures of `learned.py`): fields are hyperparameters, `build()` returns it.
 
 State layout follows `base.py`: each entry is a per-tensor field (a dict keyed like Params) or a
 global tensor; under `Partition` a branch's per-tensor fields hold only that branch's tensors.
@@ -25,7 +22,6 @@ global tensor; under `Partition` a branch's per-tensor fields hold only that bra
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import math
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -385,98 +381,6 @@ def adamw(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-
 
 
 
-# ----------------------------------------------------------------------------------------------
-# A hand-designed base plus a learned correction: every learned architecture's deterministic init.
-
-
-@dataclasses.dataclass(frozen=True)
-class AdamStep:
-    """Adam's step for a learned rule to add to its direction: lr·m̂/(sqrt(v̂)+eps), computed from
-    moments the rule already keeps (its features' first momentum and rms), so nothing is stored
-    twice. `lr` None: the unscaled direction, for rules that scale the sum themselves."""
-
-    lr: Optional[Tensor]
-    eps: float
-
-    def __call__(self, m: Tensor, v: Tensor, b1, b2, t: Tensor) -> Tensor:
-        """From m = EMA_β1(g), v = EMA_β2(g²) after t ≥ 1 steps (β's floats or 0-dim tensors)."""
-        direction = (m / (1 - b1**t)) / (safe_sqrt(v / (1 - b2**t)) + self.eps)
-        return direction if self.lr is None else self.lr * direction
-
-
-@dataclasses.dataclass(frozen=True)
-class LearnedRule(FunctionalOptimizer):
-    """A learned update rule that a hand-designed base can be added to (`AdamPlusCorrection`)."""
-
-    @abc.abstractmethod
-    def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
-        """The rule's updates; with `base`, Adam's step added to its direction where its equations
-        put the direction (before any learned gain or preconditioner acts on the sum)."""
-
-    @abc.abstractmethod
-    def zero_output(self, meta: MetaParams) -> MetaParams:
-        """`meta` with the output layer at zero, so the rule's own contribution is exactly 0."""
-
-    def base_state(self, params: Params) -> State:
-        """State a base needs that the rule does not keep anyway (Adam's moments, for a rule without
-        features); {} when `base` can be computed from the rule's own state."""
-        return {}
-
-
-@dataclasses.dataclass(frozen=True)
-class AdamPlusCorrection(FunctionalOptimizer):
-    """Adam plus a learned correction `rule`: the deterministic init of lstm, mlp, velo and
-    transformer_bfgs (docs/algorithms.md §6).
-
-    The rule's output layer starts at zero (`zero_output`, applied after drawing the random init, so
-    the other layers are those of the random init); its `update` gets an `AdamStep` and adds Adam's
-    step to its own direction where its equations put the direction, before any learned gain or
-    preconditioner that acts on both (mlp's exp(exp_mult·μ), transformer_bfgs's exp(a)·B). At zero
-    correction the optimizer is therefore Adam exactly, and meta-training starts from Adam and only
-    has to learn an improvement.
-
-    `lr`: Adam's learning rate exp(log_lr), a meta-parameter that starts at `lr`. None when the rule
-    already learns a step size that multiplies the sum (transformer_bfgs's log_lr).
-    """
-
-    name = "adam_plus_correction"
-    rule: LearnedRule = None  # type: ignore[assignment]
-    lr: Optional[float] = 1e-3
-    eps: float = 1e-8
-
-    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
-        meta = self.rule.zero_output(self.rule.init_meta(generator))
-        if self.lr is not None:
-            if "log_lr" in meta:
-                raise ValueError(f"{self.rule.name} has its own log_lr: give AdamPlusCorrection lr=None")
-            meta["log_lr"] = torch.tensor(math.log(self.lr))
-        return meta
-
-    def init_state(self, meta, params, context=None) -> State:
-        return {**self.rule.init_state(meta, params, context), **self.rule.base_state(params)}
-
-    def update(self, meta, grads, state, params, loss=None):
-        lr = meta["log_lr"].exp() if self.lr is not None else None
-        return self.rule.update(meta, grads, state, params, loss, base=AdamStep(lr, self.eps))
-
-    def learning_rate(self, meta, state):
-        return self.rule.learning_rate(meta, state) if self.lr is None else meta["log_lr"].exp()
-
-    @property
-    def needs_loss(self) -> bool:  # type: ignore[override]
-        return self.rule.needs_loss
-
-
-def with_deterministic_init(rule: FunctionalOptimizer, init: str, lr: Optional[float], eps: float) -> FunctionalOptimizer:
-    """`rule` alone for init="random" (the paper's), Adam plus it for init="deterministic"."""
-    return AdamPlusCorrection(rule, lr, eps) if init == "deterministic" else rule
-
-
-def adam_at_init(lr: float, eps: float = 1e-8, b1: float = 0.9, b2: float = 0.999) -> Chain:
-    """The Adam that an `AdamPlusCorrection` equals while its correction is zero (`starts_as`)."""
-    return chain(ScaleByAdam(b1, b2, eps), scale_by_lr(lr))
-
-
 def without_corrections(t: FunctionalOptimizer) -> FunctionalOptimizer:
     """`t` with the learned correction of every `Sum` removed: what a composition computes while
     those corrections are at their deterministic init (zero)."""
@@ -497,10 +401,8 @@ class Composed(FunctionalOptimizer):
     """Base of the registered optimizers that are a composition of the pieces above.
 
     A subclass holds the hyperparameters (its fields), checks them in `validate`, and returns the
-    composition from `build`; the pure methods are the composition's. A learned architecture is
-    `class Arch(Composed, ArchRule)`: it has the rule's fields (and methods) plus its own (init,
-    base_lr), and `build` wraps `self.part(ArchRule)`. Subclasses declare `needs_loss` or a fused
-    step as class attributes, as any optimizer.
+    composition from `build`; the pure methods are the composition's. Subclasses declare
+    `needs_loss` or a fused step as class attributes, as any optimizer.
     """
 
     def __post_init__(self):

@@ -21,7 +21,7 @@ It reads the loss (`needs_loss`) and the planned number of steps T (context["hor
 and `LearnedOptimizer(num_steps=...)` provide it).
 
 Init (`init`): "random" draws every weight; "deterministic" is Adam plus the rest as a learned
-correction (`transforms.AdamPlusCorrection`, docs/algorithms.md §6): the output layer of every basis
+correction (`learned.AdamPlusCorrection`, docs/algorithms.md §6): the output layer of every basis
 MLP starts at zero, so d = μ = 0, and Adam's step (lr = exp(log_lr), β = 0.9/0.999) is added:
 p ← p - exp(exp_mult·μ)·(step_mult·RMS(p)·α·d + lr·m̂/(sqrt(v̂)+eps)) — the untrained optimizer is Adam.
 """
@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 from l2o.optimizers import fused
-from l2o.optimizers import transforms as T
 from l2o.optimizers.base import MetaParams, Params, State, constant
 from l2o.optimizers.features import (
     ACCUMULATORS,
@@ -45,21 +44,20 @@ from l2o.optimizers.features import (
     FeatureSet,
     accumulators_of,
     adam_constants,
-    as_feature_set,
     ema,
     fraction_features,
-    nest_feature_hyperparameters,
     safe_sqrt,
     time_features,
 )
-from l2o.optimizers.nets import apply_param_mlp, check_init, init_mlp, linear_init, lstm_cell, mlp_sizes
+from l2o.optimizers.learned import AdamStep, LearnedArchitecture, LearnedRule
+from l2o.optimizers.nets import apply_param_mlp, init_mlp, linear_init, lstm_cell, mlp_sizes
 
 MAX_RANK = 4  # ranks ≥ 4 share the last one-hot slot
 _LOG_FLOOR = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
-class VeLORule(T.LearnedRule):
+class VeLORule(LearnedRule):
     """The learned rule of the module doc (steps 1-5), with an optional base added to its direction."""
 
     name = "velo_rule"
@@ -107,6 +105,9 @@ class VeLORule(T.LearnedRule):
         """Every basis MLP's output layer at zero: d = μ = 0 whatever the controls."""
         output = (f"bank.w{self.layers}", f"bank.b{self.layers}")
         return {k: torch.zeros_like(v) if k in output else v for k, v in meta.items()}
+
+    def adam_betas(self):
+        return self.features.adam_betas
 
     # -- state ----------------------------------------------------------------------------------
     def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
@@ -201,7 +202,7 @@ class VeLORule(T.LearnedRule):
         lstm_state = {"lstm_h": dict(zip(names, h.unbind(0))), "lstm_c": dict(zip(names, c.unbind(0)))}
         return layers, alpha, lstm_state
 
-    def update(self, meta, grads, state, params, loss=None, base: Optional[T.AdamStep] = None):
+    def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         fs = self.features
         decays, t, loss_state, global_feats = self._start(meta, params, state, loss)
         names = list(params)
@@ -234,38 +235,23 @@ class VeLORule(T.LearnedRule):
 
 
 @dataclasses.dataclass(frozen=True)
-class VeLOOptimizer(T.Composed, VeLORule):
-    """`velo`: the rule's hyperparameters, the init and the deterministic init's Adam."""
+class VeLOOptimizer(LearnedArchitecture, VeLORule):
+    """`velo`: the rule's hyperparameters, plus the init and its Adam (`LearnedArchitecture`)."""
 
     name = "velo"
+    rule = VeLORule
     has_fused_step = True
-    init: str = "random"
-    base_lr: float = 1e-3  # deterministic init: the Adam learning rate the optimizer starts as
-    eps: float = 1e-8
-
-    upgrade_hyperparameters = classmethod(nest_feature_hyperparameters)
 
     def validate(self):
-        check_init("velo", self.init)
+        super().validate()
         sizes = dict(lstm_hidden=self.lstm_hidden, tensor_embed=self.tensor_embed, num_basis=self.num_basis)
         sizes.update(hidden=self.hidden, layers=self.layers)
         bad = {k: v for k, v in sizes.items() if v < 1}
         if bad:
             raise ValueError(f"velo: sizes must be ≥ 1, got {bad}")
-        if self.base_lr <= 0:
-            raise ValueError(f"velo: base_lr must be > 0, got {self.base_lr}")
         object.__setattr__(self, "loss_decays", tuple(self.loss_decays))
         if not self.loss_decays or any(not 0 <= b < 1 for b in self.loss_decays):
             raise ValueError(f"velo: loss_decays must be non-empty, each in [0, 1), got {self.loss_decays}")
-        object.__setattr__(self, "features", as_feature_set(self.features))
-
-    def build(self):
-        return T.with_deterministic_init(self.part(VeLORule), self.init, self.base_lr, self.eps)
-
-    def starts_as(self, context=None):
-        """Adam(β1 = the first momentum decay, β2 = the rms decay) at init="deterministic"."""
-        fs = self.features
-        return T.adam_at_init(self.base_lr, self.eps, fs.momentum_decays[0], fs.rms_decay) if self.init == "deterministic" else None
 
     def fused_unsupported(self) -> Optional[str]:
         return fused.unsupported(self)
