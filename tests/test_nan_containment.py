@@ -25,7 +25,7 @@ def _cases():
             yield pytest.param("lodo", {"partition": "tensor"}, id="LODO-tensor")
             yield pytest.param("lodo", {"partition": "flat"}, id="LODO-flat")
             continue
-        fused = [False, True] if hasattr(optimizers.get(name), "fused_step") else [False]
+        fused = [False, True] if optimizers.get(name).has_fused_step else [False]
         for f in fused:
             yield pytest.param(name, {"fused": f}, id=f"{name}-{'fused' if f else 'functional'}")
 
