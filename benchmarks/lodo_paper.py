@@ -1,4 +1,4 @@
-"""Reproduce LODO's two small experiments (ALGORITHMS.md §5) on CPU.
+"""Reproduce LODO's two small experiments (docs/algorithms.md §5) on CPU.
 
 Liao, Dangovski, Foerster & Soljačić 2023, "Learning to Optimize Quasi-Newton Methods" (TMLR).
 
@@ -376,7 +376,7 @@ def write_markdown(bowl: Dict, rosen: Dict, path: Path, command: str, minutes: f
     L = [
         "# LODO: the paper's two small experiments",
         "",
-        "Liao et al. 2023, *Learning to Optimize Quasi-Newton Methods* (ALGORITHMS.md §5), reproduced with",
+        "Liao et al. 2023, *Learning to Optimize Quasi-Newton Methods* (docs/algorithms.md §5), reproduced with",
         "`l2o.optimizers.lodo` (float64). Baselines are torch.optim with defaults except the learning rate,",
         "tuned on a quarter-decade log grid by the reported metric on the same task (their best case).",
         "LODO's own hyperparameters were tuned on the grids listed below, by the same metric.",

@@ -1,4 +1,4 @@
-"""Reproduce "learned GD step sizes are >50% better than GD" (ALGORITHMS.md §6) on held-out problems.
+"""Reproduce "learned GD step sizes are >50% better than GD" (docs/algorithms.md §6) on held-out problems.
 
 Song, Lin & Xu, NeurIPS 2025, "Learning Provably Improves the Convergence of Gradient Descent".
 For (n, m) ∈ {(32,20), (64,50), (128,100)} this meta-trains `ntk_gd` with the shipped configs

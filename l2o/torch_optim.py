@@ -2,7 +2,19 @@
 
 `LearnedOptimizer` runs any functional optimizer (usually loaded from a checkpoint) inside an ordinary
 PyTorch training loop: `param_groups` with `lr` (a multiplier on the learned update, so LR schedulers
-work), `zero_grad`, `step(closure)`, and `state_dict()/load_state_dict()` that resume exactly.
+work) and `weight_decay` (decoupled, as AdamW's), `zero_grad`, `step(closure)`, and
+`state_dict()/load_state_dict()` that resume exactly.
+
+A step reads each group's `lr` once and hands the multipliers to the optimizer, which applies them
+to its updates (`FunctionalOptimizer.scale_updates`, or inside its fused kernel). Weight decay is
+applied before the step: p ← p·(1 - lr·η·weight_decay), η the optimizer's `learning_rate` (its
+base Adam's lr for the deterministic inits), so on a deterministic init the adapter is
+torch.optim.AdamW(lr=η·lr, weight_decay) to float rounding.
+
+Learned optimizers have no momentum hyperparameter. A scheduler that cycles momentum (OneCycleLR and
+CyclicLR do unless `cycle_momentum=False`) is refused at the first step with that advice, rather
+than its momentum being ignored: param groups carry `momentum=None` so that such a scheduler starts
+and its first write is seen.
 
 Non-finite gradient entries are contained here, once for every architecture: such an entry enters
 the step as a zero gradient and its parameter is left unchanged, so one NaN cannot spread through
@@ -23,6 +35,7 @@ from l2o import checkpoints
 from l2o import optimizers as registry
 from l2o.errors import ConfigError, StateDictError
 from l2o.optimizers.base import FunctionalOptimizer, is_per_tensor, state_merge, state_subset
+from l2o.tree import map_nested
 
 _STATE_KEY = "l2o"  # the functional State lives under this (non-parameter) key of `self.state`
 # num_steps beyond this multiple of the training horizon warns: at 10× the quickstart checkpoint's
@@ -33,10 +46,6 @@ _WARNED_PAST_HORIZON: set = set()
 
 class HorizonWarning(UserWarning):
     """A learned optimizer is asked to run far longer than it was meta-trained for."""
-
-
-def _to_device(tree, device: torch.device):
-    return {k: _to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in tree.items()}
 
 
 # Non-finite entries found in a step: name -> (mask, the parameter's values there, to put back).
@@ -73,6 +82,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         params: parameters or param groups, as for any torch optimizer.
         checkpoint: path to a `.safetensors` checkpoint or the name of a shipped one.
         lr: multiplier on the learned update (1.0 = as meta-trained).
+        weight_decay: decoupled weight decay p ← p·(1 - lr·η·weight_decay) before each step, η the
+            optimizer's base learning rate (see the module doc); per param group like `lr`.
         optimizer: instead of a checkpoint, a FunctionalOptimizer (or registered name) ...
         meta: ... and its meta-parameters (default: its `init_meta` with seed 0).
         num_steps: planned number of steps, for architectures that condition on training progress
@@ -90,6 +101,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         checkpoint=None,
         lr: float = 1.0,
         *,
+        weight_decay: float = 0.0,
         optimizer: FunctionalOptimizer | str | None = None,
         meta: Optional[Dict[str, Tensor]] = None,
         num_steps: Optional[int] = None,
@@ -98,6 +110,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
     ):
         if not 0 <= lr < math.inf:  # (nan fails every comparison)
             raise ConfigError(f"invalid lr multiplier: {lr} (a finite number ≥ 0)")
+        if not 0 <= weight_decay < math.inf:
+            raise ConfigError(f"invalid weight_decay: {weight_decay} (a finite number ≥ 0)")
         if (checkpoint is None) == (optimizer is None):
             raise ValueError("give exactly one of checkpoint=... or optimizer=...")
         if checkpoint is not None:
@@ -112,12 +126,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
             self.context["horizon"] = torch.tensor(float(num_steps))
             self._warn_past_horizon(num_steps, checkpoint)
-        super().__init__(params, {"lr": lr})
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": None})
         self.lopt = lopt
         self.meta = {k: v.detach() for k, v in meta.items()}
         self.nonfinite_grads = 0  # gradient entries contained so far (see the module doc)
-        if fused and not hasattr(lopt, "fused_step"):
+        if fused and not lopt.has_fused_step:
             raise ValueError(f"{lopt.name} has no fused kernel (fused=True needs mlp or velo)")
+        if fused and lopt.fused_unsupported():
+            from l2o.optimizers.fused import FusedUnavailable
+
+            raise FusedUnavailable(lopt.fused_unsupported())
         self.fused = fused
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -223,7 +241,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         state = self.state.get(_STATE_KEY)
         if state is not None:
             device = self.param_groups[0]["params"][0].device
-            self.state[_STATE_KEY] = _to_device(state, device)
+            self.state[_STATE_KEY] = map_nested(lambda v: v.to(device), state)
 
     def _check_state_dict(self, state_dict) -> None:
         what = f"this state_dict does not belong to this {type(self).__name__} ({self.lopt.name})"
@@ -260,6 +278,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return loss
         if self.lopt.needs_loss and loss is None:
             raise ValueError(f"{self.lopt.name} reads the loss: call step(closure) or step(loss=loss)")
+        _refuse_momentum(self)
         params = {n: p for n, (p, _) in active.items()}
         grads, contained = self._contain(params, {n: p.grad for n, (p, _) in active.items()})
         ref = next(iter(params.values()))
@@ -267,42 +286,54 @@ class LearnedOptimizer(torch.optim.Optimizer):
         state = self._ensure_state(meta, params)
         loss_t = None if loss is None else torch.as_tensor(loss.detach() if torch.is_tensor(loss) else loss).to(ref)
         part = state_subset(state, params)
+        lrs = {name: float(group["lr"]) for name, (_, group) in active.items()}  # the one read of each lr
+        self._decay_weights(active, lrs, meta, part)
         if self._fused_applies(params, grads, part):
-            scale = {name: float(group["lr"]) for name, (_, group) in active.items()}
-            new_part = self.lopt.fused_step(meta, params, grads, part, loss_t, update_scale=scale)
+            new_part = self.lopt.fused_step(meta, params, grads, part, loss_t, scale=lrs)
             for p in params.values():
                 torch.autograd.graph.increment_version(p)  # the kernel wrote p through its pointer
-            self.state[_STATE_KEY] = state_merge(state, new_part)
-            restore(params, contained)
-            return loss
-        new_params, new_part = self.lopt.step(meta, dict(params), grads, part, loss_t)
+        else:
+            updates, new_part = self.lopt.update(meta, grads, part, params, loss_t)
+            updates, new_part = self.lopt.scale_updates(updates, new_part, lrs)
+            for name, p in params.items():
+                p.add_(updates[name])
         self.state[_STATE_KEY] = state_merge(state, new_part)
-        for name, (p, group) in active.items():
-            if group["lr"] == 1.0:
-                p.copy_(new_params[name])
-            else:
-                p.add_(new_params[name] - p, alpha=group["lr"])
         restore(params, contained)
         return loss
 
+    def _decay_weights(self, active: Dict[str, tuple], lrs: Dict[str, float], meta, state) -> None:
+        """p ← p·(1 - lr·η·weight_decay) for the groups that set one (decoupled, as AdamW)."""
+        decays = {name: group.get("weight_decay", 0.0) for name, (_, group) in active.items()}
+        if not any(decays.values()):
+            return
+        eta = float(self.lopt.learning_rate(meta, state))
+        for name, (p, _) in active.items():
+            if decays[name]:
+                p.mul_(1 - lrs[name] * eta * decays[name])
+
     def _fused_applies(self, params: Dict[str, Tensor], grads: Dict[str, Tensor], state) -> bool:
         """Whether this step runs through the fused kernel (see `fused` in the class doc)."""
-        if self.fused is False or not hasattr(self.lopt, "fused_step"):
+        if self.fused is False or not self.lopt.has_fused_step:
             return False
         from l2o.optimizers import fused
 
         tensors = [*params.values(), *grads.values()]
         tensors += [t for v in state.values() if is_per_tensor(v) for t in v.values()]
-        reason = fused.unsupported(self.lopt)
-        if self.fused:  # required: say exactly why not
-            if reason:
-                raise fused.FusedUnavailable(reason)
+        if self.fused:  # required (its hyperparameters were checked at construction): say why not
             fused.kernels()
             if not fused.applies_to(tensors):
                 raise fused.FusedUnavailable("fused=True needs contiguous float32 CPU parameters, gradients and state")
             return True
-        return reason is None and fused.applies_to(tensors) and fused.available()
+        return self.lopt.fused_unsupported() is None and fused.applies_to(tensors) and fused.available()
 
+
+def _refuse_momentum(opt: torch.optim.Optimizer) -> None:
+    """A scheduler wrote a momentum (see the module doc): say how to keep it from doing so."""
+    if any(group.get("momentum") is not None for group in opt.param_groups):
+        raise ConfigError(
+            f"{type(opt).__name__} has no momentum for a scheduler to set (OneCycleLR and CyclicLR cycle "
+            "momentum by default): create the scheduler with cycle_momentum=False"
+        )
 
 
 class LODO(LearnedOptimizer):
@@ -331,6 +362,8 @@ class LODO(LearnedOptimizer):
         partition: "tensor" (one G per parameter tensor, the default) or "flat" (one G over all
             parameters, the paper's setup; then every parameter needs a gradient at every step and
             all groups one lr).
+        weight_decay: decoupled weight decay p ← p·(1 - lr·weight_decay) before each step (per
+            param group, as AdamW's).
         chunk_size: > 0 splits each tensor (or the flat vector) into chunks with their own G (they
             share one set of permutations, which saves 256 B per parameter).
         seed: draws the fixed permutations and initial orthogonal blocks.
@@ -345,6 +378,7 @@ class LODO(LearnedOptimizer):
         depth: int = 16,
         block: int = 4,
         *,
+        weight_decay: float = 0.0,
         structure: str = "lodo",
         partition: str = "tensor",
         chunk_size: int = 0,
@@ -365,44 +399,19 @@ class LODO(LearnedOptimizer):
             chunk_size=chunk_size,
             seed=seed,
         )
-        super().__init__(params, lr=lr, optimizer=lopt)
+        super().__init__(params, lr=lr, weight_decay=weight_decay, optimizer=lopt)
 
-    def _scale(self, active: Dict[str, tuple]) -> Dict[str, float]:
-        if self.lopt.partition == "tensor":
-            return {name: group["lr"] for name, (_, group) in active.items()}
-        every = {f"g{gi}.p{pi}" for gi, group in enumerate(self.param_groups) for pi in range(len(group["params"]))}
-        if set(active) != every:
-            missing = sorted(every - set(active))
-            raise ValueError(
-                f"LODO(partition='flat') needs a gradient for every parameter at every step; none for {missing}. "
-                "Use partition='tensor' to skip parameters without gradients."
-            )
-        lrs = {group["lr"] for group in self.param_groups}
-        if len(lrs) != 1:
-            raise ValueError(f"LODO(partition='flat') has one G for all parameters, so one lr; got {sorted(lrs)}")
-        return {"flat": lrs.pop()}
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None):
-        """One LODO step: hypergradient + Adam on θ from this gradient, then x ← x + G(θ)m."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        active = self._named_active()
-        if not active:
-            return loss
-        scale = self._scale(active)
-        params = {n: p for n, (p, _) in active.items()}
-        grads, contained = self._contain(params, {n: p.grad for n, (p, _) in active.items()})
-        meta = self._meta_for(next(iter(params.values())))
-        state = self._ensure_state(meta, params)
-        new_params, new_part = self.lopt.step_scaled(meta, dict(params), grads, state_subset(state, params), scale)
-        self.state[_STATE_KEY] = state_merge(state, new_part)
-        for name, p in params.items():
-            p.copy_(new_params[name])
-        restore(params, contained)
-        return loss
+    def _named_active(self) -> Dict[str, tuple]:
+        active = super()._named_active()
+        if self.lopt.partition == "flat" and active:
+            every = {f"g{gi}.p{pi}" for gi, group in enumerate(self.param_groups) for pi in range(len(group["params"]))}
+            if set(active) != every:
+                missing = sorted(every - set(active))
+                raise ValueError(
+                    f"LODO(partition='flat') needs a gradient for every parameter at every step; none for {missing}. "
+                    "Use partition='tensor' to skip parameters without gradients."
+                )
+        return active
 
 
 def _state_problems(saved, expected, path: str = "") -> list:

@@ -125,3 +125,32 @@ def test_encode_decode_keeps_int_keys_and_nesting():
 def test_resolve_unknown_name_lists_shipped():
     with pytest.raises(CheckpointError, match="no checkpoint file or shipped checkpoint named 'nope'"):
         checkpoints.resolve("nope")
+
+
+def test_checkpoints_written_before_features_was_one_field_still_load(tmp_path):
+    """mlp, velo and transformer_bfgs took their six feature hyperparameters as top-level fields;
+    a header that says `momentum_decays=...` at the top level loads into the nested `features`."""
+    lopt = optimizers.build("mlp", hidden=3, features={"momentum_decays": (0.5, 0.9), "learn_decays": True})
+    meta = lopt.init_meta(torch.Generator().manual_seed(0))
+    flat = {k: v for k, v in lopt.hyperparameters().items() if k != "features"}
+    flat.update(momentum_decays=[0.5, 0.9], learn_decays=True, rms_decay=0.999)
+    header = {"format_version": 1, "kind": "learned_optimizer", "architecture": "mlp", "hyperparameters": flat}
+    checkpoints.write_tensors(tmp_path / "old.safetensors", meta, header)
+    loaded, meta2, _ = checkpoints.load(tmp_path / "old.safetensors")
+    assert loaded == lopt and loaded.features.momentum_decays == (0.5, 0.9)
+    assert optimizers.build("velo", grad_clip=10.0).features.grad_clip == 10.0
+    assert optimizers.build("transformer_bfgs", features={"rms_decay": 0.99}, learn_decays=True).features.learn_decays
+
+
+def test_the_shipped_checkpoint_loads_and_steps_as_its_architecture():
+    lopt, meta, info = checkpoints.load("lstm-quadratic10")
+    assert lopt.name == "lstm" and lopt.init == "deterministic" and info["suite"] == "quickstart"
+    params = {"x": torch.zeros(10)}
+    state = lopt.init_state(meta, params)
+    new, _ = lopt.step(meta, params, {"x": torch.ones(10)}, state, None)
+    assert torch.isfinite(new["x"]).all() and (new["x"] < 0).all()
+
+
+def test_a_misspelled_feature_field_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown field.*momentum_decay\\b.*valid: momentum_decays"):
+        optimizers.build("mlp", features={"momentum_decay": (0.9,)})

@@ -69,3 +69,13 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_defaults_are_valid():
     assert Config().validate().outer_steps >= 1
+
+
+def test_feature_hyperparameters_as_a_table_or_as_old_flat_keys():
+    nested = load_config(None, ["optimizer=mlp", "optimizer_args.features.rms_decay=0.99"])
+    flat = load_config(None, ["optimizer=mlp", "optimizer_args.rms_decay=0.99"])
+    from l2o import optimizers
+
+    a = optimizers.build(nested.optimizer, **nested.optimizer_args)
+    b = optimizers.build(flat.optimizer, **flat.optimizer_args)
+    assert a == b and a.features.rms_decay == 0.99

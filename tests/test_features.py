@@ -10,13 +10,13 @@ from l2o.optimizers.features import (
     ADAFACTOR_EPS,
     FeatureSet,
     accumulators_of,
-    adam_direction,
     factored_dims,
     fraction_features,
     rms_scales,
     stack_full,
     time_features,
 )
+from l2o.optimizers.learned import AdamStep
 
 SHAPES = [(), (5,), (4, 6), (6, 4), (3, 2, 3, 3), (2, 3, 4, 5)]
 
@@ -139,7 +139,8 @@ def test_learned_decays_are_meta_parameters_with_gradients(gen):
     assert FeatureSet().init_meta() == {}
 
 
-def test_adam_direction_matches_torch_adam(gen):
+def test_adam_step_from_the_features_moments_matches_torch_adam(gen):
+    """The deterministic init's Adam (learned.AdamStep on FeatureSet.adam_moments) is torch's."""
     fs = FeatureSet()
     p = torch.randn(5, generator=gen)
     torch_p = torch.nn.Parameter(p.clone())
@@ -152,7 +153,8 @@ def test_adam_direction_matches_torch_adam(gen):
         torch_p.grad = g
         adam.step()
         expected = (before - torch_p.detach()) / 0.1
-        assert torch.allclose(adam_direction(acc["m"][0], acc["rms"], fs.decays({}, p), torch.tensor(float(t))), expected, atol=1e-5)
+        step = AdamStep(lr=None, eps=1e-8)(*fs.adam_moments(acc, fs.decays({}, p)), torch.tensor(float(t)))
+        assert torch.allclose(step, expected, atol=1e-5)
 
 
 def test_gradients_are_clipped_so_huge_ones_stay_finite():

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import l2o
-from arch_checks import MixedNet, train_mixed
+from problems import MixedNet, train_mixed
 from l2o.optimizers import build, fused
 
 KERNEL_MISSING = fused.unavailable_reason()

@@ -1,4 +1,4 @@
-"""Least-squares family of ntk_gd (ALGORITHMS.md §6): the problem as specified, splits, suites."""
+"""Least-squares family of ntk_gd (docs/algorithms.md §6): the problem as specified, splits, suites."""
 
 import pytest
 import torch

@@ -218,27 +218,6 @@ def test_float32_and_float64_agree():
         torch.testing.assert_close(p32[k].double(), p64[k], rtol=1e-3, atol=1e-3)
 
 
-def test_vmapped_equals_looped():
-    """B tasks at once (init_state included: its permutations come from numpy, which vmap allows)."""
-    opt = LODOFunctional(lr=0.7, meta_lr=0.01, beta=0.5, depth=3, chunk_size=5)
-    meta = opt.init_meta()
-    loss = _quadratic()
-    grad_fn = torch.func.grad(loss)
-    batch = [_params(seed=s) for s in range(3)]
-    stacked = {k: torch.stack([p[k] for p in batch]) for k in batch[0]}
-
-    def run(params, state):
-        for _ in range(4):
-            params, state = opt.step(meta, params, grad_fn(params), state, None)
-        return params
-
-    vmapped = vmap(lambda p: run(p, opt.init_state(meta, p)))(stacked)
-    for i, p in enumerate(batch):
-        looped = run(p, opt.init_state(meta, p))
-        for k in p:
-            torch.testing.assert_close(vmapped[k][i], looped[k], rtol=1e-12, atol=1e-12)
-
-
 def test_hyperparameter_grid_under_vmap():
     """lr₀, meta_lr and β are MetaParams scalars, so one vmap runs a grid of them."""
     opt = LODOFunctional(depth=2)

@@ -1,10 +1,10 @@
-"""Per-parameter MLP optimizer: the paper's update, both MLP formulations, deterministic init = Adam,
-and the architecture acceptance checks (vmap, meta-gradient, finiteness, checkpoints, adapter)."""
+"""Per-parameter MLP optimizer: the paper's update, both MLP formulations, its hyperparameters (the
+registry-wide checks are in test_conformance.py)."""
 
 import pytest
 import torch
 
-import arch_checks
+import problems
 from l2o import optimizers
 from l2o.optimizers import mlp as mlp_module
 
@@ -24,7 +24,7 @@ def test_update_is_step_mult_d_exp_mu(gen):
     lopt = optimizers.build("mlp")
     meta = {k: torch.zeros_like(v) for k, v in lopt.init_meta(gen).items()}
     meta["mlp.b2"] = torch.tensor([3.0, 500.0])
-    params = arch_checks.params_of_every_rank(gen)
+    params = problems.params_of_every_rank(gen)
     state = lopt.init_state(meta, params)
     grads = {k: torch.randn(v.shape, generator=gen) for k, v in params.items()}
     new, state = lopt.step(meta, params, grads, state, None)
@@ -38,51 +38,12 @@ def test_elementwise_formulation_equals_the_stacked_one(gen, monkeypatch, hidden
     # Under torch.compile the MLP is written as elementwise sums; it must compute the same thing.
     lopt = optimizers.build("mlp", hidden=hidden)
     meta = lopt.init_meta(gen)
-    params = arch_checks.params_of_every_rank(gen)
-    stacked, _ = arch_checks.run(lopt, meta, params, 3)
+    params = problems.params_of_every_rank(gen)
+    stacked, _ = problems.run(lopt, meta, params, 3)
     monkeypatch.setattr(mlp_module.torch.compiler, "is_compiling", lambda: True)
-    elementwise, _ = arch_checks.run(lopt, meta, params, 3)
+    elementwise, _ = problems.run(lopt, meta, params, 3)
     for k in params:
         assert torch.allclose(stacked[k], elementwise[k], atol=1e-6), k
-
-
-def test_deterministic_init_is_adam(gen):
-    arch_checks.check_deterministic_init_is_adam("mlp", gen)
-
-
-@pytest.mark.parametrize("hyper", [{}, {"learn_decays": True, "hidden": 3}])
-def test_vmapped_equals_looped(gen, hyper):
-    arch_checks.check_vmapped_equals_looped(optimizers.build("mlp", **hyper), gen)
-
-
-@pytest.mark.parametrize("hyper", [{}, {"learn_decays": True}])
-def test_meta_gradient_reaches_every_weight(gen, hyper):
-    arch_checks.check_meta_gradient_reaches_every_weight(optimizers.build("mlp", **hyper), gen)
-
-
-def test_deterministic_init_meta_gradient_reaches_head_and_lr(gen):
-    # The hidden layers get gradient once the zero head has moved (as in ALGORITHMS.md §6).
-    lopt = optimizers.build("mlp", init="deterministic")
-    meta = {k: v.requires_grad_() for k, v in lopt.init_meta(gen).items()}
-    params, _ = arch_checks.run(lopt, meta, arch_checks.params_of_every_rank(gen), 3)
-    grads = dict(zip(meta, torch.autograd.grad(arch_checks.loss_of(params), list(meta.values()))))
-    assert all(torch.isfinite(g).all() for g in grads.values())
-    for k in ("mlp.w2", "mlp.b2", "log_lr"):
-        assert grads[k].abs().sum() > 0, k
-
-
-@pytest.mark.parametrize("init", ["random", "deterministic"])
-def test_finite_on_every_rank_and_extreme_gradients(gen, init):
-    arch_checks.check_finite_on_every_rank_and_extreme_gradients(optimizers.build("mlp", init=init), gen)
-
-
-def test_checkpoint_round_trip(gen, tmp_path):
-    arch_checks.check_checkpoint_round_trip(optimizers.build("mlp", hidden=5, momentum_decays=[0.5, 0.9]), gen, tmp_path)
-
-
-def test_learned_optimizer_on_a_conv_linear_embedding_norm_model(gen):
-    losses = arch_checks.check_learned_optimizer_on_mixed_module(optimizers.build("mlp", init="deterministic", base_lr=0.01), gen)
-    assert losses[-1] < 0.9 * losses[0]
 
 
 def test_bad_hyperparameters_raise_clear_errors():

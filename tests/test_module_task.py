@@ -10,7 +10,7 @@ from torch.func import vmap
 from torch.utils.data import Dataset, TensorDataset
 
 from l2o.meta_train import Config, MetaTrainer
-from l2o.task_distributions import ModuleFamily, Suite, Task, register_suite, suites
+from l2o.task_distributions import ModuleFamily, Suite, Task, from_module, register_suite, suites
 from l2o.task_distributions.base import generator, task_seed
 from l2o.task_distributions.checks import adam_curve, check_family
 from l2o.task_distributions.data import DatasetError
@@ -54,7 +54,7 @@ def test_every_dataset_form_gives_the_same_task():
     hf = datasets.Dataset.from_dict({"features": x.numpy(), "label": y.numpy()})
     model = torch.nn.Linear(5, 2)
     forms = [(x, y), TensorDataset(x, y), PairDataset(x, y), {"x": x, "y": y}, hf]
-    tasks = [Task.from_module(model, F.cross_entropy, form, batch_size=16, seed=3) for form in forms]
+    tasks = [from_module(model, F.cross_entropy, form, batch_size=16, seed=3) for form in forms]
     for task in tasks[1:]:
         for key in ("x", "y"):
             assert torch.equal(task.batch(4)[key], tasks[0].batch(4)[key])
@@ -63,7 +63,7 @@ def test_every_dataset_form_gives_the_same_task():
 def test_single_task_starts_at_the_module_and_keeps_the_original_batches():
     x, y = _data()
     model = torch.nn.Linear(5, 2)
-    task = Task.from_module(model, F.cross_entropy, (x, y), batch_size=16, seed=3)
+    task = from_module(model, F.cross_entropy, (x, y), batch_size=16, seed=3)
     assert torch.equal(task.init_params()["weight"], model.weight.detach())
     seed = task_seed("module", "train", 3)
     idx = torch.randint(120, (16,), generator=generator(seed, 2, 5))  # the foundation's minibatch rule
@@ -121,20 +121,20 @@ def test_loss_decreases_under_adam():
 def test_clear_errors_for_bad_input():
     x, y = _data()
     with pytest.raises(TypeError, match="nn.Module"):
-        Task.from_module(lambda v: v, F.cross_entropy, (x, y))
+        from_module(lambda v: v, F.cross_entropy, (x, y))
     with pytest.raises(ValueError, match="no trainable parameters"):
-        Task.from_module(torch.nn.ReLU(), F.cross_entropy, (x, y))
+        from_module(torch.nn.ReLU(), F.cross_entropy, (x, y))
     with pytest.raises(DatasetError, match="120 inputs but 7 targets"):
-        Task.from_module(torch.nn.Linear(5, 2), F.cross_entropy, (x, y[:7]))
+        from_module(torch.nn.Linear(5, 2), F.cross_entropy, (x, y[:7]))
     with pytest.raises(DatasetError, match="empty"):
-        Task.from_module(torch.nn.Linear(5, 2), F.cross_entropy, (x[:0], y[:0]))
+        from_module(torch.nn.Linear(5, 2), F.cross_entropy, (x[:0], y[:0]))
     with pytest.raises(ValueError, match="module/loss_fn failed on a batch .*x \\(16, 5\\)"):
-        Task.from_module(torch.nn.Linear(4, 2), F.cross_entropy, (x, y), batch_size=16)
+        from_module(torch.nn.Linear(4, 2), F.cross_entropy, (x, y), batch_size=16)
     with pytest.raises(ValueError, match="scalar tensor, got a tensor of shape \\(16,\\)"):
         per_example = lambda out, t: F.cross_entropy(out, t, reduction="none")  # noqa: E731
-        Task.from_module(torch.nn.Linear(5, 2), per_example, (x, y), batch_size=16)
+        from_module(torch.nn.Linear(5, 2), per_example, (x, y), batch_size=16)
     with pytest.raises(DatasetError, match="cannot read a int"):
-        Task.from_module(torch.nn.Linear(5, 2), F.cross_entropy, 5)
+        from_module(torch.nn.Linear(5, 2), F.cross_entropy, 5)
 
 
 def test_meta_training_runs_on_a_user_module(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ def _cases():
             yield pytest.param("lodo", {"partition": "flat"}, id="LODO-flat")
             continue
         yield pytest.param(name, {"fused": False}, id=f"{name}-functional")
-        if hasattr(optimizers.get(name), "fused_step"):
+        if optimizers.get(name).has_fused_step:
             yield pytest.param(name, {"fused": True}, id=f"{name}-fused", marks=NEEDS_KERNEL)
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import l2o
-from arch_checks import MixedNet, train_mixed
+from problems import MixedNet, train_mixed
 from l2o import checkpoints, optimizers
 from l2o.optimizers import fused
 

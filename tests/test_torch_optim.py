@@ -170,3 +170,135 @@ def test_argument_errors(ckpt):
         l2o.LearnedOptimizer(_model().parameters(), checkpoint="missing.safetensors")
     with pytest.raises(ValueError, match="num_steps must be"):
         l2o.LearnedOptimizer(_model().parameters(), checkpoint=ckpt, num_steps=0)
+
+
+# -- weight decay, schedulers, param groups ----------------------------------------------------------
+
+
+def _adamw_pair(weight_decay, lr_mult=1.0, groups=None, fused=False, name="mlp"):
+    """(model trained by LearnedOptimizer on a deterministic init, model trained by torch.optim.AdamW)."""
+    x, y = _batch()
+    out = []
+    for kind in ("l2o", "torch"):
+        model = _model()
+        params = groups(model) if groups else model.parameters()
+        if kind == "l2o":
+            lopt = optimizers.build(name, init="deterministic", base_lr=0.01)
+            opt = l2o.LearnedOptimizer(params, optimizer=lopt, lr=lr_mult, weight_decay=weight_decay, fused=fused)
+        else:
+            opt = torch.optim.AdamW(params, lr=0.01 * lr_mult, weight_decay=weight_decay)
+        for _ in range(20):
+            opt.step(_closure(model, opt, x, y))
+        out.append(model)
+    return out
+
+
+@pytest.mark.parametrize("name", ["mlp", "lstm", "transformer_bfgs"])
+def test_weight_decay_matches_torch_adamw_on_the_deterministic_init(name):
+    """To float32 rounding: the architectures' Adam corrects its bias in float32, torch's in float64."""
+    learned, reference = _adamw_pair(0.5, name=name)
+    plain, _ = _adamw_pair(0.0, name=name)
+    for a, b, c in zip(learned.parameters(), reference.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=5e-6)
+        assert not torch.allclose(a, c, atol=1e-4)  # the decay did something
+
+
+def test_weight_decay_through_the_fused_kernel_and_with_an_lr_multiplier():
+    learned, reference = _adamw_pair(0.3, lr_mult=0.5, fused=None)
+    for a, b in zip(learned.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_decay_is_per_param_group():
+    def groups(model):
+        return [{"params": model[0].parameters(), "weight_decay": 0.0}, {"params": model[2].parameters(), "weight_decay": 0.5}]
+
+    learned, reference = _adamw_pair(0.1, groups=groups)
+    for a, b in zip(learned.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert [g["weight_decay"] for g in torch.optim.AdamW(groups(_model()), weight_decay=0.1).param_groups] == [0.0, 0.5]
+
+
+def test_lodo_takes_weight_decay():
+    x, y = _batch()
+    finals = {}
+    for wd in (0.0, 0.5):
+        model = _model()
+        opt = l2o.LODO(model.parameters(), lr=0.1, depth=2, weight_decay=wd)
+        assert opt.param_groups[0]["weight_decay"] == wd
+        for _ in range(5):
+            opt.step(_closure(model, opt, x, y))
+        finals[wd] = [p.detach().clone() for p in model.parameters()]
+    assert all(not torch.allclose(a, b) for a, b in zip(finals[0.0], finals[0.5]))
+
+
+def test_one_cycle_lr_needs_cycle_momentum_false_and_then_drives_the_multiplier(ckpt):
+    model = _model()
+    opt = l2o.LearnedOptimizer(model.parameters(), checkpoint=ckpt)
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)  # its defaults cycle momentum
+    x, y = _batch()
+    with pytest.raises(l2o.L2OError, match="cycle_momentum=False") as err:
+        opt.step(_closure(model, opt, x, y))
+    assert "\n" not in str(err.value)
+
+    model = _model()
+    opt = l2o.LearnedOptimizer(model.parameters(), checkpoint=ckpt)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10, cycle_momentum=False)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step(_closure(model, opt, x, y))
+        sched.step()
+    assert lrs[0] == pytest.approx(1.0 / 25) and max(lrs) == pytest.approx(1.0, rel=1e-3)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["cosine", "plateau"])
+def test_cosine_annealing_and_reduce_on_plateau_drive_the_multiplier(ckpt, kind):
+    x, y = _batch()
+    model = _model()
+    opt = l2o.LearnedOptimizer(model.parameters(), checkpoint=ckpt)
+    if kind == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    for i in range(4):
+        loss = opt.step(_closure(model, opt, x, y))
+        sched.step(loss.item() + i) if kind == "plateau" else sched.step()  # plateau: a loss that rises
+    expected = {"cosine": 0.0, "plateau": 0.5**3}[kind]
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_group_lr_multiplies_this_steps_update_in_every_path(ckpt):
+    """lr = 0 leaves the parameters where they are (functional, fused and LODO paths alike)."""
+    x, y = _batch()
+    for make in (
+        lambda ps: l2o.LearnedOptimizer(ps, checkpoint=ckpt, lr=0.0),
+        lambda ps: l2o.LearnedOptimizer(ps, optimizer="mlp", lr=0.0),
+        lambda ps: l2o.LearnedOptimizer(ps, optimizer="velo", lr=0.0, num_steps=5),
+    ):
+        model = _model()
+        opt = make(model.parameters())
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step(_closure(model, opt, x, y))
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_add_param_group_joins_with_its_own_lr_and_weight_decay(ckpt):
+    model = _model()
+    opt = l2o.LearnedOptimizer(model[0].parameters(), checkpoint=ckpt)
+    x, y = _batch()
+    opt.step(_closure(model, opt, x, y))
+    head_before = [p.detach().clone() for p in model[2].parameters()]
+    opt.add_param_group({"params": model[2].parameters(), "lr": 0.5, "weight_decay": 0.1})
+    assert opt.param_groups[1]["momentum"] is None and opt.param_groups[1]["weight_decay"] == 0.1
+    opt.step(_closure(model, opt, x, y))
+    assert all(not torch.equal(a, b) for a, b in zip(head_before, model[2].parameters()))
+    assert set(opt.state["l2o"]["h0"]) == {"g0.p0", "g0.p1", "g1.p0", "g1.p1"}
+    saved = copy.deepcopy(opt.state_dict())
+    assert [g["weight_decay"] for g in saved["param_groups"]] == [0.0, 0.1]
+
+
+def test_constructor_arguments_are_checked(ckpt):
+    with pytest.raises(ValueError, match="weight_decay"):
+        l2o.LearnedOptimizer(_model().parameters(), checkpoint=ckpt, weight_decay=-1.0)

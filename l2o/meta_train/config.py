@@ -114,14 +114,25 @@ def build_optimizer(name: str, args: Dict[str, Any]):
     cls = optimizers.get(name)
     if not isinstance(args, dict):
         raise ConfigError(f"optimizer_args must be a table, got {args!r}")
-    for field in dataclasses.fields(cls):
-        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
-        if field.name in args and default is not dataclasses.MISSING and default is not None:
-            _coerce(f"optimizer_args.{field.name}", args[field.name], default)
+    args = cls.upgrade_hyperparameters(dict(args))  # hyperparameters as older configs wrote them
+    _check_types("optimizer_args", cls, args)
     try:
         return optimizers.build(name, **args)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"optimizer_args: {err}") from None
+
+
+def _check_types(prefix: str, cls, args: Dict[str, Any]) -> None:
+    """`_coerce` each value against its field's default; a table given for a field whose default is
+    a dataclass (an architecture's `features`) is checked field by field."""
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        if field.name not in args or default is dataclasses.MISSING or default is None:
+            continue
+        if dataclasses.is_dataclass(default) and isinstance(args[field.name], dict):
+            _check_types(f"{prefix}.{field.name}", type(default), args[field.name])
+        else:
+            _coerce(f"{prefix}.{field.name}", args[field.name], default)
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

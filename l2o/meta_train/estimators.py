@@ -6,7 +6,7 @@ meta-gradient averaged over the finite tasks of *all* ranks (`collective` sums a
 single process uses `LOCAL`). Tasks that went non-finite are masked out, counted and reset.
 
 - `TruncatedBackprop` (default): backprop through each K-step truncation. Cheap, but biased toward
-  short horizons: it ignores how meta-params shaped the carried-in state (ALGORITHMS.md §7).
+  short horizons: it ignores how meta-params shaped the carried-in state (docs/algorithms.md §7).
 - `PES` (Vicol et al. 2021, "Unbiased Gradient Estimation in Unrolled Computation Graphs with
   Persistent Evolution Strategies"): each task runs an antithetic pair of trajectories with meta-params
   θ+ε and θ-ε, ε ~ N(0, σ²I) fresh each truncation; each pair accumulates its noise ξ = Σ ε over the

@@ -27,6 +27,7 @@ _REGISTRY: Dict[str, str] = {
     "sgd": "l2o.optimizers.baselines:SGD",
     "momentum": "l2o.optimizers.baselines:Momentum",
     "adam": "l2o.optimizers.baselines:Adam",
+    "adamw": "l2o.optimizers.baselines:AdamW",
 }
 
 
@@ -57,6 +58,7 @@ def get(name: str) -> Type[FunctionalOptimizer]:
 def build(name: str, **hyper) -> FunctionalOptimizer:
     """`get(name)(**hyper)` with a clear error for misspelled hyperparameters."""
     cls = get(name)
+    hyper = cls.upgrade_hyperparameters(dict(hyper))
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(hyper) - valid)
     if unknown:

@@ -29,11 +29,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-import math
-from typing import Callable, ClassVar, Dict, Iterable, Optional, Tuple, Union
+from typing import ClassVar, Dict, Iterable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from l2o.errors import ConfigError
+from l2o.tree import cat_rows, flatten, split_rows, tree_map, unflatten, zeros_like_tree  # noqa: F401 (re-exported)
 
 Params = Dict[str, Tensor]
 MetaParams = Dict[str, Tensor]
@@ -47,12 +49,16 @@ class FunctionalOptimizer(abc.ABC):
 
     `init` selects how meta-parameters start: "random" (the paper's init) or "deterministic", an init
     whose first steps equal a named hand-designed optimizer with the learned correction at zero
-    (ALGORITHMS.md §6). Subclasses document which optimizer that is.
+    (docs/algorithms.md §6). Subclasses document which optimizer that is.
+
+    Optional capabilities are declared here, not discovered: `has_fused_step` (a fused inference
+    kernel, `fused_step`). The methods below `step` have defaults that fit most optimizers.
     """
 
     name: ClassVar[str] = ""
-    needs_loss: ClassVar[bool] = False  # True if `step` reads the loss (the adapter then requires it)
+    needs_loss: ClassVar[bool] = False  # True if `update` reads the loss (the adapter then requires it)
     meta_trainable: ClassVar[bool] = True  # False for methods that learn online (LODO)
+    has_fused_step: ClassVar[bool] = False  # True if `fused_step` is implemented
 
     def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
         """Fresh meta-parameters (learned weights), drawn from `generator` when the init is random.
@@ -83,62 +89,56 @@ class FunctionalOptimizer(abc.ABC):
         updates, state = self.update(meta, grads, state, params, loss)
         return apply_updates(params, updates), state
 
+    def scale_updates(self, updates: Params, state: State, scale: Dict[str, float]) -> Tuple[Params, State]:
+        """`updates` times `scale[name]`: how a step-size multiplier (the torch.optim adapter's group
+        lr) reaches this optimizer. Overridden where the state must record the step actually taken
+        (LODO differentiates it)."""
+        return {k: u if scale[k] == 1.0 else u * scale[k] for k, u in updates.items()}, state
+
+    def learning_rate(self, meta: MetaParams, state: State) -> Union[Tensor, float]:
+        """The step size η that decoupled weight decay is scaled by (p ← p - η·wd·p, as AdamW's lr):
+        the learning rate of the hand-designed optimizer the deterministic init starts as, exp(log_lr).
+        Architectures without that meta-parameter override it with their nominal step size."""
+        if "log_lr" not in meta:
+            raise ConfigError(f"{self.name} has no learning rate to scale weight decay by")
+        return meta["log_lr"].exp()
+
+    def starts_as(self, context: Optional[Context] = None) -> Optional["FunctionalOptimizer"]:
+        """The hand-designed optimizer whose steps this one's equal at its deterministic init (the
+        learned correction at zero), e.g. Adam; None if it has no such init. The conformance tests
+        check the equality for every registered optimizer."""
+        return None
+
+    def fused_step(
+        self, meta: MetaParams, params: Params, grads: Params, state: State, loss=None, scale=None
+    ) -> State:
+        """Optional (`has_fused_step`): `step` through a fused kernel, for inference. Writes the
+        parameters (and the state's tensors) in place and returns the new State; `scale` (name ->
+        factor, default 1) multiplies each tensor's update as in `scale_updates`."""
+        raise NotImplementedError(f"{self.name} has no fused step")
+
+    def fused_unsupported(self) -> Optional[str]:
+        """Why `fused_step` cannot run this optimizer's hyperparameters; None when it can."""
+        return None if self.has_fused_step else f"{self.name} has no fused kernel"
+
     def hyperparameters(self) -> dict:
         """The constructor arguments, JSON-serializable: what a checkpoint stores to rebuild `self`."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def upgrade_hyperparameters(cls, hyper: dict) -> dict:
+        """Hyperparameters as older checkpoints and configs wrote them, in today's form (`build` and
+        `checkpoints.load` call this; architectures whose fields were regrouped override it)."""
+        return hyper
 
 
 def _overrides(cls, method: str) -> bool:
     return getattr(cls, method) is not getattr(FunctionalOptimizer, method)
 
 
-# ----------------------------------------------------------------------------------------------
-# Tree helpers: Params / State are flat dicts; these keep architecture code free of loops over keys.
-
-
-def tree_map(fn: Callable[..., Tensor], tree: Params, *rest: Params) -> Params:
-    """Apply `fn` leafwise over dicts that share keys (like optax's tree_map, one level deep)."""
-    return {k: fn(v, *(r[k] for r in rest)) for k, v in tree.items()}
-
-
 def apply_updates(params: Params, updates: Params) -> Params:
     """params + updates, leafwise (optax's apply_updates)."""
     return {k: p + updates[k] for k, p in params.items()}
-
-
-def zeros_like_tree(tree: Params) -> Params:
-    return {k: torch.zeros_like(v) for k, v in tree.items()}
-
-
-def flatten(tree: Params) -> Tensor:
-    """Concatenate all tensors of a tree into one 1-D vector (key order = dict order)."""
-    return torch.cat([v.reshape(-1) for v in tree.values()])
-
-
-def unflatten(vec: Tensor, like: Params) -> Params:
-    """Inverse of `flatten`: split a vector (or an N×F matrix, along dim 0) back into `like`'s shapes."""
-    out, offset = {}, 0
-    for k, v in like.items():
-        n = v.numel()
-        chunk = vec[offset : offset + n]
-        out[k] = chunk.reshape(v.shape) if vec.dim() == 1 else chunk.reshape(*v.shape, *vec.shape[1:])
-        offset += n
-    return out
-
-
-def cat_rows(tree: Dict[str, Tensor]) -> Tensor:
-    """Stack per-tensor N_i×F blocks into one N×F matrix, so a coordinatewise net runs in one matmul."""
-    return torch.cat(list(tree.values()), dim=0)
-
-
-def split_rows(mat: Tensor, like: Params) -> Dict[str, Tensor]:
-    """Inverse of `cat_rows`: rows of `mat` back into one N_i×F block per tensor of `like`."""
-    out, offset = {}, 0
-    for k, v in like.items():
-        n = v.numel()
-        out[k] = mat[offset : offset + n]
-        offset += n
-    return out
 
 
 def is_per_tensor(value) -> bool:
@@ -159,23 +159,6 @@ def state_merge(full: State, part: State) -> State:
 
 # ----------------------------------------------------------------------------------------------
 # Small pure building blocks shared by architectures.
-
-
-def linear_init(generator: Optional[torch.Generator], fan_in: int, fan_out: int) -> Tuple[Tensor, Tensor]:
-    """PyTorch's default Linear init (uniform ±1/sqrt(fan_in)), drawn from an explicit generator."""
-    bound = 1.0 / math.sqrt(fan_in)
-    w = (torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound
-    b = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
-    return w, b
-
-
-def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_x: Tensor, w_h: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
-    """One LSTM cell from matmuls (gate order i, f, g, o); `nn.LSTM` has no vmap rule."""
-    gates = x @ w_x + h @ w_h + b
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
-    return h, c
 
 
 def bias_corrected(ema: Tensor, beta: float, t: Tensor) -> Tensor:
@@ -208,12 +191,13 @@ def scalar_like(value: float, ref: Tensor) -> Tensor:
 
 
 def compile_step(lopt: FunctionalOptimizer, **compile_kwargs) -> FunctionalOptimizer:
-    """A copy of `lopt` whose `step` runs under `torch.compile` (for inference, e.g. LearnedOptimizer).
+    """A copy of `lopt` whose `update` (and so `step`) runs under `torch.compile` (for inference, e.g.
+    LearnedOptimizer).
 
     Architectures may branch on `torch.compiler.is_compiling()` to use a fusion-friendly
     formulation. The copy has the same hyperparameters, so it saves to the same checkpoint; keep
     the plain object for meta-training (vmap and grad through a compiled step are not supported).
     """
     compiled = dataclasses.replace(lopt)
-    object.__setattr__(compiled, "step", torch.compile(lopt.step, **compile_kwargs))
+    object.__setattr__(compiled, "update", torch.compile(lopt.update, **compile_kwargs))
     return compiled

@@ -1,59 +1,36 @@
-"""Hand-designed baselines (SGD, SGD+momentum, Adam/AdamW) in the functional interface.
+"""Hand-designed baselines (SGD, SGD+momentum, Adam, AdamW) as chains of transforms.
 
-Their init is deterministic by nature: meta-parameters start at the given hyperparameters.
-
-They follow `torch.optim`'s update equations to the letter, so they are exact references in
-evaluations, and their hyperparameters are meta-parameters: `log_lr` and `log(1-β)` (the
-reparameterization of ALGORITHMS.md §2, precise for β near 1), so an unroll can learn them too.
+They follow `torch.optim`'s update equations (the tests compare them step for step), so they are
+exact references in evaluations. Their hyperparameters are meta-parameters: `log_lr` and
+log(1-β) for the decays (precise for β near 1), so an unroll can learn them too, and a grid of
+learning rates runs under one `vmap` (the evaluation's tuning does). Their init is deterministic
+by nature: meta-parameters start at the given hyperparameters.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Optional
 
-import torch
-from torch import Tensor
-
-from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, safe_sqrt, tree_map, zeros_like_tree
-
-
-def _meta_scalars(**values: float) -> MetaParams:
-    return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}
-
-
-def _step_count(state: State) -> Tensor:
-    """t after this step, in float64 for the bias corrections (torch.optim computes them in double)."""
-    return (state["t"] + 1).to(torch.float64)
+from l2o.optimizers import transforms as T
 
 
 @dataclasses.dataclass(frozen=True)
-class SGD(FunctionalOptimizer):
+class SGD(T.Composed):
     """Plain gradient descent `p ← p - lr·(g + wd·p)`; meta-parameter: log_lr."""
 
     name = "sgd"
     lr: float = 0.01
     weight_decay: float = 0.0
 
-    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
-        return _meta_scalars(log_lr=math.log(self.lr))
-
-    def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
-        return {}
-
-    def step(self, meta, params, grads, state, loss=None):
-        lr = meta["log_lr"].exp()
-        if self.weight_decay:
-            grads = tree_map(lambda g, p: g + self.weight_decay * p, grads, params)
-        return tree_map(lambda p, g: p - lr * g, params, grads), state
+    def build(self):
+        return T.chain(T.add_decayed_weights(self.weight_decay), T.ScaleByLearnedLr(self.lr))
 
 
 @dataclasses.dataclass(frozen=True)
-class Momentum(FunctionalOptimizer):
-    """SGD with (optionally Nesterov) momentum as in `torch.optim.SGD` (dampening 0).
+class Momentum(T.Composed):
+    """SGD with (optionally Nesterov) momentum as `torch.optim.SGD` (dampening 0).
 
-    Meta-parameters: log_lr and log(1-momentum).
+    Meta-parameters: log_lr and log_1m_momentum.
     """
 
     name = "momentum"
@@ -62,28 +39,20 @@ class Momentum(FunctionalOptimizer):
     nesterov: bool = False
     weight_decay: float = 0.0
 
-    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
-        return _meta_scalars(log_lr=math.log(self.lr), log_1m_momentum=math.log(1 - self.momentum))
-
-    def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
-        return {"buf": zeros_like_tree(params)}
-
-    def step(self, meta, params, grads, state, loss=None):
-        lr = meta["log_lr"].exp()
-        mu = 1 - meta["log_1m_momentum"].exp()
-        if self.weight_decay:
-            grads = tree_map(lambda g, p: g + self.weight_decay * p, grads, params)
-        # A zero buffer makes the first step buf = g, which is torch.optim's special case.
-        buf = tree_map(lambda b, g: mu * b + g, state["buf"], grads)
-        direction = tree_map(lambda g, b: g + mu * b, grads, buf) if self.nesterov else buf
-        return tree_map(lambda p, d: p - lr * d, params, direction), {"buf": buf}
+    def build(self):
+        return T.chain(
+            T.add_decayed_weights(self.weight_decay),
+            T.TraceMomentum(self.momentum, self.nesterov, learned=True),
+            T.ScaleByLearnedLr(self.lr),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
-class Adam(FunctionalOptimizer):
-    """Adam (Kingma & Ba 2015); AdamW's decoupled weight decay when `decoupled=True`.
+class Adam(T.Composed):
+    """Adam (Kingma & Ba 2015); with `decoupled=True` AdamW's decoupled weight decay (Loshchilov &
+    Hutter 2019), otherwise torch.optim.Adam's L2 `weight_decay`.
 
-    Meta-parameters: log_lr, log(1-β1), log(1-β2). State: m, v (per tensor) and the step count t.
+    Meta-parameters: log_lr, log_1m_beta1, log_1m_beta2.
     """
 
     name = "adam"
@@ -94,36 +63,17 @@ class Adam(FunctionalOptimizer):
     weight_decay: float = 0.0
     decoupled: bool = False
 
-    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
-        return _meta_scalars(
-            log_lr=math.log(self.lr),
-            log_1m_beta1=math.log(1 - self.beta1),
-            log_1m_beta2=math.log(1 - self.beta2),
-        )
+    def build(self):
+        adam = T.ScaleByAdam(self.beta1, self.beta2, self.eps, learned=True)
+        decay = T.add_decayed_weights(self.weight_decay)
+        pieces = (adam, decay) if self.decoupled else (decay, adam)
+        return T.chain(*pieces, T.ScaleByLearnedLr(self.lr))
 
-    def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
-        ref = next(iter(params.values()))
-        return {
-            "m": zeros_like_tree(params),
-            "v": zeros_like_tree(params),
-            "t": torch.zeros((), dtype=ref.dtype, device=ref.device),
-        }
 
-    def step(self, meta, params, grads, state, loss=None):
-        lr = meta["log_lr"].exp()
-        b1 = 1 - meta["log_1m_beta1"].exp()
-        b2 = 1 - meta["log_1m_beta2"].exp()
-        if self.weight_decay and self.decoupled:
-            params = tree_map(lambda p: p * (1 - lr * self.weight_decay), params)
-        elif self.weight_decay:
-            grads = tree_map(lambda g, p: g + self.weight_decay * p, grads, params)
-        t = _step_count(state)
-        m = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
-        v = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], grads)
-        bc1 = (1 - b1.double() ** t).to(lr.dtype)
-        bc2_sqrt = (1 - b2.double() ** t).sqrt().to(lr.dtype)
-        step_size = lr / bc1
-        new_params = tree_map(
-            lambda p, m, v: p - step_size * m / (safe_sqrt(v) / bc2_sqrt + self.eps), params, m, v
-        )
-        return new_params, {"m": m, "v": v, "t": state["t"] + 1}
+@dataclasses.dataclass(frozen=True)
+class AdamW(Adam):
+    """`adam` with decoupled weight decay, torch.optim.AdamW's defaults (weight_decay 0.01)."""
+
+    name = "adamw"
+    weight_decay: float = 0.01
+    decoupled: bool = True

@@ -54,7 +54,7 @@ from l2o.optimizers.features import (
     stack_full,
     time_features,
 )
-from l2o.optimizers.mlp import check_init, init_mlp, layers_from, mlp_sizes
+from l2o.optimizers.nets import check_init, init_mlp, layers_from, mlp_sizes
 from l2o.optimizers import transforms as T
 
 CELO_MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
@@ -139,7 +139,7 @@ class LearnedStepSize(FunctionalOptimizer):
 
 
 @dataclasses.dataclass(frozen=True)
-class Celo(FunctionalOptimizer):
+class Celo(T.Composed):
     """`celo` (harness=True) and, with harness=False, `celo-base`; see the module doc."""
 
     name = "celo"
@@ -154,7 +154,7 @@ class Celo(FunctionalOptimizer):
     ns_steps: int = 5
     vector_names: Tuple[str, ...] = VECTOR_NAMES
 
-    def __post_init__(self):
+    def validate(self):
         check_init("celo", self.init)
         if self.hidden < 1 or self.layers < 1:
             raise ValueError(f"celo: hidden and layers must be ≥ 1, got hidden={self.hidden}, layers={self.layers}")
@@ -162,9 +162,8 @@ class Celo(FunctionalOptimizer):
             raise ValueError(f"celo: lr must be > 0 and weight_decay ≥ 0, got {self.lr}, {self.weight_decay}")
         object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
         object.__setattr__(self, "vector_names", tuple(self.vector_names))
-        object.__setattr__(self, "_chain", self._build())
 
-    def _build(self) -> T.Chain:
+    def build(self) -> T.Chain:
         deterministic = self.init == "deterministic"
         rule = CeloRule(self.hidden, self.layers, zero_last=deterministic)
         if self.harness:
@@ -177,15 +176,6 @@ class Celo(FunctionalOptimizer):
             base = T.chain(T.scale_by_adam(0.9, 0.999), T.NormalizeRMS())
             direction = T.chain(T.Sum(base, rule) if deterministic else rule, T.NormalizeRMS())
         return T.chain(direction, T.add_decayed_weights(self.weight_decay), LearnedStepSize(self.lr))
-
-    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
-        return self._chain.init_meta(generator)
-
-    def init_state(self, meta, params, context=None) -> State:
-        return self._chain.init_state(meta, params, context)
-
-    def update(self, meta, grads, state, params, loss=None):
-        return self._chain.update(meta, grads, state, params, loss)
 
 
 def clock_state(params: Params, context) -> State:

@@ -1,7 +1,7 @@
 """Per-parameter features shared by the MLP, VeLO and transformer-BFGS learned optimizers.
 
 The feature set of `small_fc_lopt` / `adafac_mlp_lopt` (Metz et al. 2022, "Practical tradeoffs between
-memory, compute, and performance in learned optimizers"; ALGORITHMS.md §2), also the per-parameter
+memory, compute, and performance in learned optimizers"; docs/algorithms.md §2), also the per-parameter
 inputs of VeLO (Metz et al. 2022, "VeLO: Training Versatile Learned Optimizers by Scaling Up") and of
 Optimus (Gärtner et al. 2023). For one parameter tensor p with gradient g the features are:
 
@@ -102,12 +102,12 @@ def rms_scales(feats: Sequence[Tensor], eps: float = NORM_EPS) -> Tensor:
 
 
 def time_features(t: Tensor, scales: Sequence[float] = TIME_SCALES) -> Tensor:
-    """`tanh(t/x - 1)` for each timescale x (ALGORITHMS.md §2); t counts steps taken (a tensor)."""
+    """`tanh(t/x - 1)` for each timescale x (docs/algorithms.md §2); t counts steps taken (a tensor)."""
     return torch.tanh(t / constant(scales, t) - 1)
 
 
 def fraction_features(t: Tensor, horizon: Tensor, taus: Sequence[float] = FRACTION_TAUS) -> Tensor:
-    """VeLO's training-fraction features `tanh(10·(t/T - τ))` (ALGORITHMS.md §3)."""
+    """VeLO's training-fraction features `tanh(10·(t/T - τ))` (docs/algorithms.md §3)."""
     return torch.tanh(10 * (t / horizon - constant(taus, t)))
 
 
@@ -129,9 +129,9 @@ class Decays:
 class FeatureSet:
     """Which decays the features use, whether they are learned, and the gradient clip.
 
-    Architectures hold one of these (built from their own hyperparameter fields) and call, per
-    parameter tensor: `update` (new accumulators + the feature list) inside `step`, `init_state` in
-    theirs, and `init_meta` to add the learned decays to their meta-parameters.
+    Architectures hold one of these as their `features` hyperparameter and call, per parameter
+    tensor: `clip` then `update` (new accumulators + the feature list) inside their `update`,
+    `init_state` in theirs, and `init_meta` to add the learned decays to their meta-parameters.
     """
 
     momentum_decays: Tuple[float, ...] = MOMENTUM_DECAYS
@@ -218,6 +218,18 @@ class FeatureSet:
     def clip(self, g: Tensor) -> Tensor:
         return g.clamp(-self.grad_clip, self.grad_clip)
 
+    @property
+    def adam_betas(self) -> Tuple[float, float]:
+        """β1, β2 of the Adam whose moments `adam_moments` returns (when the decays are not learned)."""
+        return self.momentum_decays[0], self.rms_decay
+
+    @staticmethod
+    def adam_moments(acc: Dict[str, Tensor], decays: Decays) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(m, v, β1, β2) of Adam within the new accumulators: the first momentum and the rms, so the
+        deterministic init's Adam (`transforms.AdamStep`) needs no state of its own. With the default
+        decays that is Adam(β1=0.9, β2=0.999)."""
+        return acc["m"][0], acc["rms"], decays.momentum[0], decays.rms
+
     def update(
         self, p: Tensor, g: Tensor, acc: Dict[str, Tensor], decays: Decays
     ) -> Tuple[Dict[str, Tensor], List[Tensor]]:
@@ -266,16 +278,31 @@ def adafactor_factors(row_mean: Tensor, col_mean: Tensor, acc: Dict[str, Tensor]
     return fac_row, fac_col, row_factor, col_factor
 
 
-def feature_set_of(opt) -> "FeatureSet":
-    """The FeatureSet an architecture's feature hyperparameters describe (the same six fields in each)."""
-    return FeatureSet(
-        opt.momentum_decays,
-        opt.rms_decay,
-        opt.adafactor_decays,
-        opt.factored_momentum_decay,
-        opt.learn_decays,
-        opt.grad_clip,
-    )
+FEATURE_FIELDS = ("momentum_decays", "rms_decay", "adafactor_decays", "factored_momentum_decay", "learn_decays", "grad_clip")
+
+
+def as_feature_set(value) -> "FeatureSet":
+    """A FeatureSet from itself or from a dict of its fields (as checkpoints and configs store it)."""
+    if isinstance(value, FeatureSet):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"features must be a FeatureSet or a table of its fields, got {value!r}")
+    unknown = sorted(set(value) - set(FEATURE_FIELDS))
+    if unknown:
+        raise ValueError(f"features: unknown field(s) {', '.join(unknown)}; valid: {', '.join(FEATURE_FIELDS)}")
+    return FeatureSet(**value)
+
+
+def nest_feature_hyperparameters(cls, hyper: dict) -> dict:
+    """`upgrade_hyperparameters` of the architectures with a `features` field: the six feature
+    hyperparameters were top-level fields before (checkpoints, configs and overrides may still say
+    `momentum_decays=...`); they now live in that one field."""
+    flat = {k: hyper.pop(k) for k in FEATURE_FIELDS if k in hyper}
+    if flat:
+        nested = hyper.get("features", {})
+        nested = dataclasses.asdict(nested) if isinstance(nested, FeatureSet) else dict(nested)
+        hyper["features"] = {**nested, **flat}
+    return hyper
 
 
 def accumulators_of(state: State, name: str) -> Dict[str, Tensor]:
@@ -283,18 +310,9 @@ def accumulators_of(state: State, name: str) -> Dict[str, Tensor]:
     return {k: state[k][name] for k in ACCUMULATORS}
 
 
-def adam_direction(m: Tensor, rms: Tensor, decays: Decays, t: Tensor, eps: float = 1e-8) -> Tensor:
-    """Adam's m̂/(sqrt(v̂)+eps) from the first momentum and the rms accumulators (t ≥ 1 counts steps).
-
-    With the default decays this is Adam(β1=0.9, β2=0.999): the hand-designed optimizer every
-    architecture's deterministic init reproduces.
-    """
-    b1, b2 = decays.momentum[0], decays.rms
-    return (m / (1 - b1**t)) / (safe_sqrt(rms / (1 - b2**t)) + eps)
-
-
 def adam_constants(meta: MetaParams, decays: Decays, t: Tensor, eps: float) -> Tuple[float, float, float, float]:
-    """(lr, 1-β1^t, 1-β2^t, eps) of `adam_direction` as numbers, for the fused kernel."""
+    """(lr, 1-β1^t, 1-β2^t, eps) of the deterministic init's Adam step (`FeatureSet.adam_moments`,
+    `transforms.AdamStep`) as numbers, for the fused kernel."""
     b1, b2 = decays.momentum[0], decays.rms
     return float(meta["log_lr"].exp()), float(1 - b1**t), float(1 - b2**t), eps
 

@@ -28,6 +28,7 @@ killed midway (Ctrl-C, kill -9, a session's end) leaves torch's own lock file be
 later process would wait forever; builds here hold an OS lock (released when its holder dies), under
 which such a leftover lock file is known to be stale and is removed.
 `L2O_NO_KERNEL=1` skips the kernel without a warning (as `LearnedOptimizer(fused=False)` does).
+The architectures declare the capability (`has_fused_step`; `fused_unsupported` calls `unsupported`).
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ MAX_DECAYS, MAX_HIDDEN = 4, 64  # the kernel's fixed array sizes (csrc: MAX_K, M
 
 def unsupported(lopt) -> Optional[str]:
     """Why the kernel cannot run this optimizer's hyperparameters (None if it can)."""
-    if len(lopt.momentum_decays) > MAX_DECAYS or len(lopt.adafactor_decays) > MAX_DECAYS:
+    if len(lopt.features.momentum_decays) > MAX_DECAYS or len(lopt.features.adafactor_decays) > MAX_DECAYS:
         return f"the fused kernel handles at most {MAX_DECAYS} momentum and {MAX_DECAYS} Adafactor decays"
     if lopt.hidden > MAX_HIDDEN:
         return f"the fused kernel handles MLPs up to {MAX_HIDDEN} hidden units, got {lopt.hidden}"

@@ -1,7 +1,7 @@
 """LODO: an online learned quasi-Newton preconditioner that needs no meta-training.
 
 Liao, Dangovski, Foerster, Soljačić 2023, "Learning to Optimize Quasi-Newton Methods" (TMLR);
-ALGORITHMS.md §5. LODO learns its preconditioner *while* it optimizes the user's problem:
+docs/algorithms.md §5. LODO learns its preconditioner *while* it optimizes the user's problem:
 
     G(θ) = -lr₀·Πᵀ AᵀA Π,   A = B_L P_L ⋯ B_1 P_1
     x_{t+1} = x_t + G(θ_t)·m_t
@@ -12,16 +12,19 @@ ALGORITHMS.md §5. LODO learns its preconditioner *while* it optimizes the user'
 B_i block-diagonal with b×b blocks, each block initialized to a random orthogonal matrix, so AᵀA = I
 and G = -lr₀·I at the start. G is symmetric negative semi-definite for every θ by construction.
 
-How this fits the functional interface (DESIGN.md §2): θ is learned *online*, so it is per-run
-State, not MetaParams (`meta_trainable = False`). `step` receives g_{t+1}, the gradient at the params
-it returned last time (x_{t+1} = x_t + G(θ_t)m_t). The State keeps m_t, θ_t and the lr used, so the
-hypergradient is a vector-Jacobian product through that stored step, with no second forward pass:
+How this fits the functional interface (`l2o.optimizers.base`): θ is learned *online*, so it is
+per-run State, not MetaParams (`meta_trainable = False`). `update` receives g_{t+1}, the gradient at
+the params its last update led to (x_{t+1} = x_t + G(θ_t)m_t). The State keeps m_t, θ_t and the lr
+used, so the hypergradient is a vector-Jacobian product through that stored step, with no second
+forward pass:
 
     ∂f/∂θ = (∂x_{t+1}/∂θ)ᵀ g_{t+1} = ∂/∂θ [-lr·⟨A Π g_{t+1}, A Π m_t⟩],
 
 computed here in closed form: one forward pass of A on the stack (Πm_t, Πg_{t+1}) and one backward
 pass, as reverse-mode autodiff would do it but without building a graph (see `_hypergrad`). Then θ
-takes an Adam step, m is updated and the new step x + G(θ)m is returned.
+takes an Adam step, m is updated and the update G(θ)m is returned. A caller that scales updates
+(the torch.optim adapter's group lr) does so through `scale_updates`, which records the lr actually
+used for the next hypergradient.
 
 Structure for real models (`partition`, `chunk_size`): G acts per parameter tensor ("tensor") or on
 all parameters concatenated ("flat", the paper's setup), and a long vector can be cut into chunks of
@@ -49,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, bias_corrected, flatten, unflatten
+from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, bias_corrected
+from l2o.tree import flatten, unflatten
 
 _STRUCTURES = ("lodo", "diagonal", "scalar")
 _PARTITIONS = ("tensor", "flat")
@@ -335,15 +339,8 @@ class LODOFunctional(FunctionalOptimizer):
         the one-step-lookahead hypergradient that the next `step` feeds to Adam."""
         return self._hypergrads(self._per_segment(state), self._segments(grads), self._segments(state["m"]))
 
-    def step(self, meta, params, grads, state, loss=None):
-        return self.step_scaled(meta, params, grads, state)
-
-    def step_scaled(
-        self, meta: MetaParams, params: Params, grads: Params, state: State, scale: Optional[Dict[str, object]] = None
-    ) -> Tuple[Params, State]:
-        """`step` with lr₀ multiplied by `scale[segment]` (the torch.optim adapter's group lr;
-        keys are parameter names, or "flat"). The lr actually used is stored, so the next
-        hypergradient differentiates the step that was really taken."""
+    def update(self, meta, grads, state, params, loss=None):
+        """Hypergradient and Adam step on θ from this gradient, then the update lr₀·G(θ)m."""
         seg = self._per_segment(state)
         g_seg, m_seg = self._segments(grads), self._segments(state["m"])
         hyper = self._hypergrads(seg, g_seg, m_seg)
@@ -364,12 +361,23 @@ class LODOFunctional(FunctionalOptimizer):
             denom = bias_corrected(theta_v, b2, n_adam).sqrt() + self.meta_eps
             theta = theta - (theta_m / denom) * (meta_lr / (1 - b1**n_adam))
             m_new[key] = beta * m_seg[key] + (1 - beta) * g
-            lr = lr0 if scale is None else lr0 * scale[key]
-            update[key] = lr * self._direction(theta, seg.get("perm", {}).get(key), m_new[key])
+            update[key] = lr0 * self._direction(theta, seg.get("perm", {}).get(key), m_new[key])
             new["theta"][key], new["theta_m"][key], new["theta_v"][key] = theta, theta_m, theta_v
-            new["t"][key], new["lr"][key] = t + 1, torch.as_tensor(lr, dtype=t.dtype, device=t.device)
+            new["t"][key], new["lr"][key] = t + 1, lr0.to(t.dtype)
             if "perm" in seg:
                 new["perm"][key] = seg["perm"][key]
-        step = self._unsegment(update, params)
-        new_params = {k: p + step[k] for k, p in params.items()}
-        return new_params, {"m": self._unsegment(m_new, params), **self._pack(new)}
+        return self._unsegment(update, params), {"m": self._unsegment(m_new, params), **self._pack(new)}
+
+    def scale_updates(self, updates, state, scale):
+        """Updates times scale[name] (the adapter's group lr, which multiplies lr₀), and that product
+        stored as the lr of the step, so the next hypergradient differentiates the step taken."""
+        if self.partition == "flat":
+            factors = set(scale.values())
+            if len(factors) != 1:
+                raise ValueError(f"LODO(partition='flat') has one G for all parameters, so one lr; got {sorted(factors)}")
+            seg_scale = {_FLAT: factors.pop()}
+        else:
+            seg_scale = scale
+        lr = self._per_segment(state)["lr"]
+        stored = {key: lr[key] * s for key, s in seg_scale.items()}
+        return {k: u * scale[k] for k, u in updates.items()}, {**state, **self._pack({"lr": stored})}

@@ -12,9 +12,10 @@ Inputs (`preprocess`):
 
 Init (`init`):
 - "random": the papers' init; the step starts as whatever the random network says.
-- "deterministic": our ALGORITHMS.md §6 generalization. The step is Adam's (lr = exp(log_lr), a
-  meta-parameter, β = 0.9/0.999) plus the LSTM's output as a correction whose head starts at exactly
-  zero, so the untrained optimizer *is* Adam and meta-training only has to learn an improvement.
+- "deterministic": Adam plus the LSTM as a learned correction (`learned.AdamPlusCorrection`,
+  docs/algorithms.md §6): the step is Adam's (lr = exp(log_lr), a meta-parameter, β = 0.9/0.999)
+  plus the LSTM's output, whose head starts at exactly zero, so the untrained optimizer *is* Adam
+  and meta-training only has to learn an improvement. The LSTM keeps Adam's moments for it.
 """
 
 from __future__ import annotations
@@ -26,30 +27,20 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from l2o.optimizers.base import (
-    FunctionalOptimizer,
-    MetaParams,
-    Params,
-    State,
-    bias_corrected,
-    cat_rows,
-    flatten,
-    linear_init,
-    lstm_cell,
-    safe_sqrt,
-    split_rows,
-    tree_map,
-    unflatten,
-    zeros_like_tree,
-)
+from l2o.optimizers.base import MetaParams, Params, State, bias_corrected, safe_sqrt
+from l2o.optimizers.learned import AdamStep, LearnedArchitecture, LearnedRule
+from l2o.optimizers.nets import linear_init, lstm_cell
+from l2o.tree import cat_rows, flatten, split_rows, unflatten, zeros_like_tree
 
 _PREPROCESS = ("log_sign", "rnnprop")
-_INITS = ("random", "deterministic")
+ADAM_BETAS = (0.9, 0.999)  # of the deterministic init's Adam
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTMOptimizer(FunctionalOptimizer):
-    name = "lstm"
+class LSTMRule(LearnedRule):
+    """The coordinatewise LSTM's step, with an optional base (Adam) subtracted from it."""
+
+    name = "lstm_rule"
     hidden: int = 20
     layers: int = 2
     preprocess: str = "log_sign"
@@ -58,17 +49,7 @@ class LSTMOptimizer(FunctionalOptimizer):
     step_scale: float = 0.1  # rnnprop step scale α in -α·tanh(out)
     rnnprop_beta1: float = 0.95
     rnnprop_beta2: float = 0.95
-    init: str = "random"
-    base_lr: float = 1e-3  # deterministic init: the Adam learning rate the optimizer starts as
     eps: float = 1e-8
-
-    def __post_init__(self):
-        if self.preprocess not in _PREPROCESS:
-            raise ValueError(f"lstm: preprocess must be one of {_PREPROCESS}, got {self.preprocess!r}")
-        if self.init not in _INITS:
-            raise ValueError(f"lstm: init must be one of {_INITS}, got {self.init!r}")
-        if self.hidden < 1 or self.layers < 1:
-            raise ValueError("lstm: hidden and layers must be ≥ 1")
 
     # -- meta-parameters ------------------------------------------------------------------------
     def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
@@ -83,11 +64,13 @@ class LSTMOptimizer(FunctionalOptimizer):
             meta[f"cell{layer}.w_x"], meta[f"cell{layer}.b"] = linear_init(generator, fan_in, 4 * H)
             meta[f"cell{layer}.w_h"], _ = linear_init(generator, H, 4 * H)
         meta["head.w"], meta["head.b"] = linear_init(generator, H, 1)
-        if self.init == "deterministic":
-            meta["head.w"] = torch.zeros_like(meta["head.w"])
-            meta["head.b"] = torch.zeros_like(meta["head.b"])
-            meta["log_lr"] = torch.tensor(math.log(self.base_lr))
         return meta
+
+    def zero_output(self, meta):
+        return {k: torch.zeros_like(v) if k in ("head.w", "head.b") else v for k, v in meta.items()}
+
+    def adam_betas(self):
+        return ADAM_BETAS
 
     # -- state ----------------------------------------------------------------------------------
     def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
@@ -99,9 +82,11 @@ class LSTMOptimizer(FunctionalOptimizer):
             state[f"c{layer}"] = dict(rows)
         if self.preprocess == "rnnprop":
             state["m"], state["v"] = zeros_like_tree(params), zeros_like_tree(params)
-        if self.init == "deterministic":
-            state["adam_m"], state["adam_v"] = zeros_like_tree(params), zeros_like_tree(params)
         return state
+
+    def base_state(self, params):
+        """Adam's moments, which an LSTM keeps only for a base (`update`'s `base`)."""
+        return {"adam_m": zeros_like_tree(params), "adam_v": zeros_like_tree(params)}
 
     # -- step -----------------------------------------------------------------------------------
     def _inputs(self, g, state, t):
@@ -117,7 +102,7 @@ class LSTMOptimizer(FunctionalOptimizer):
         x = torch.stack([g / s_hat, bias_corrected(m, b1, t) / s_hat], dim=-1)
         return x, {"m": m, "v": v}
 
-    def step(self, meta, params, grads, state, loss=None):
+    def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         t = state["t"] + 1
         g = flatten(grads)
         x, ema = self._inputs(g, state, t)
@@ -143,11 +128,28 @@ class LSTMOptimizer(FunctionalOptimizer):
             update = -self.step_scale * torch.tanh(out)
         for key, value in ema.items():
             new_state[key] = unflatten(value, params)
-        if self.init == "deterministic":
-            adam_m = 0.9 * flatten(state["adam_m"]) + 0.1 * g
-            adam_v = 0.999 * flatten(state["adam_v"]) + 0.001 * g * g
-            adam_dir = bias_corrected(adam_m, 0.9, t) / (safe_sqrt(bias_corrected(adam_v, 0.999, t)) + self.eps)
-            update = update - meta["log_lr"].exp() * adam_dir
+        if base is not None:
+            b1, b2 = ADAM_BETAS
+            adam_m = b1 * flatten(state["adam_m"]) + (1 - b1) * g
+            adam_v = b2 * flatten(state["adam_v"]) + (1 - b2) * g * g
+            update = update - base(adam_m, adam_v, b1, b2, t)
             new_state["adam_m"], new_state["adam_v"] = unflatten(adam_m, params), unflatten(adam_v, params)
-        new_params = tree_map(lambda p, u: p + u, params, unflatten(update, params))
-        return new_params, new_state
+        return unflatten(update, params), new_state
+
+    def learning_rate(self, meta, state):
+        return self.output_scale if self.preprocess == "log_sign" else self.step_scale
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMOptimizer(LearnedArchitecture, LSTMRule):
+    """`lstm`: the rule's hyperparameters, plus the init and its Adam (`LearnedArchitecture`)."""
+
+    name = "lstm"
+    rule = LSTMRule
+
+    def validate(self):
+        super().validate()
+        if self.preprocess not in _PREPROCESS:
+            raise ValueError(f"lstm: preprocess must be one of {_PREPROCESS}, got {self.preprocess!r}")
+        if self.hidden < 1 or self.layers < 1:
+            raise ValueError("lstm: hidden and layers must be ≥ 1")

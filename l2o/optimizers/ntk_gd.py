@@ -1,7 +1,7 @@
 """Learned per-coordinate GD step sizes with the NTK-motivated deterministic initialization.
 
 Song, Lin & Xu, NeurIPS 2025, "Learning Provably Improves the Convergence of Gradient Descent"
-(code: NetX-lab/MathL2OProof-Official, model `CoordMathDNN`); ALGORITHMS.md §6.
+(code: NetX-lab/MathL2OProof-Official, model `CoordMathDNN`); docs/algorithms.md §6.
 
 One bias-free network, shared by every coordinate and every iteration, reads the detached
 per-coordinate input z = [∇f(x_k)_i, x_{k,i}] and scales gradient descent's step:
@@ -35,7 +35,9 @@ from typing import Optional
 import torch
 
 from l2o.errors import L2OError
-from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, flatten, tree_map, unflatten
+from l2o.optimizers import transforms as T
+from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State
+from l2o.tree import flatten, unflatten
 
 _INITS = ("deterministic", "random")
 
@@ -51,7 +53,7 @@ def orthogonal(generator: Optional[torch.Generator], rows: int, cols: int) -> to
 
 
 def _uniform(generator: Optional[torch.Generator], fan_in: int, fan_out: int) -> torch.Tensor:
-    """PyTorch's default Linear weight init (uniform ±1/sqrt(fan_in)); unlike `base.linear_init`
+    """PyTorch's default Linear weight init (uniform ±1/sqrt(fan_in)); unlike `nets.linear_init`
     no bias is drawn, as the network has none."""
     bound = fan_in**-0.5
     return (torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound
@@ -113,8 +115,17 @@ class NTKGD(FunctionalOptimizer):
         o = (h2 @ meta["w3"]).squeeze(-1)
         return 2 * torch.sigmoid(o)
 
-    def step(self, meta, params, grads, state, loss=None):
+    def update(self, meta, grads, state, params, loss=None):
         g = flatten(grads)
         P = self.preconditioner(meta, g, flatten(params))
-        update = unflatten(state["step_size"] * P * g, params)
-        return tree_map(lambda p, u: p - u, params, update), state
+        return unflatten(-(state["step_size"] * P * g), params), state
+
+    def learning_rate(self, meta, state):
+        return state["step_size"]
+
+    def starts_as(self, context=None):
+        """Gradient descent with step c/L (the deterministic init: P ≡ 1)."""
+        if self.init != "deterministic":
+            return None
+        L = float((context or {}).get("smoothness", self.smoothness))
+        return T.scale_by_lr(self.c / L)

@@ -1,6 +1,6 @@
 """Transformer-BFGS: a transformer predicts a step and the rank-one updates of a preconditioner.
 
-After Optimus (Gärtner et al., CVPR 2023, "Transformer-Based Learned Optimization"; ALGORITHMS.md
+After Optimus (Gärtner et al., CVPR 2023, "Transformer-Based Learned Optimization"; docs/algorithms.md
 §4): "as in BFGS, we estimate a preconditioning matrix as a sum of rank-one updates but use a
 Transformer-based network to predict these updates jointly with the step length and direction".
 Where the paper is not at hand the choices below are ours.
@@ -44,8 +44,9 @@ Step: x ← x - exp(log_lr + a)·B·d.
 
 Init (`init`):
 - "random": every weight drawn; gate = 1, so B learns from the first step.
-- "deterministic" (ALGORITHMS.md §6): the d, u, w and a heads start at zero and d gets Adam's
-  direction (β = 0.9/0.999) added, and the meta-parameter `gate` starts at 0 so B stays exactly I:
+- "deterministic" (Adam plus a learned correction, `learned.AdamPlusCorrection`; docs/algorithms.md
+  §6): the d, u, w and a heads start at zero and d gets Adam's direction (β = 0.9/0.999) added, and
+  the meta-parameter `gate` starts at 0 so B stays exactly I:
   the untrained optimizer *is* Adam with lr = exp(log_lr). The gate's clamp to [0, 1] is
   straight-through in the backward pass, so its meta-gradient is that of opening a block-BFGS
   update on the secant pairs, and a gate pushed below 0 can come back (a plain clamp would stop
@@ -62,24 +63,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, linear_init
+from l2o.optimizers.base import MetaParams, Params, State
 from l2o.optimizers.features import (
     ACCUMULATORS,
-    ADAFACTOR_DECAYS,
-    FACTORED_MOMENTUM_DECAY,
-    MOMENTUM_DECAYS,
-    RMS_DECAY,
     TIME_SCALES,
     FeatureSet,
     accumulators_of,
-    adam_direction,
     rms_scales,
     safe_sqrt,
     stack_full,
     time_features,
-    feature_set_of,
 )
-from l2o.optimizers.mlp import check_init
+from l2o.optimizers.learned import AdamStep, LearnedArchitecture, LearnedRule
+from l2o.optimizers.nets import linear_init
 
 _MASKED = -1e9  # attention logit of padded keys (finite: keeps gradients finite)
 
@@ -141,8 +137,10 @@ def _layer_norm(x: Tensor, meta: MetaParams, prefix: str) -> Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerBFGS(FunctionalOptimizer):
-    name = "transformer_bfgs"
+class TransformerBFGSRule(LearnedRule):
+    """The learned rule of the module doc, with an optional base added to its direction d."""
+
+    name = "transformer_bfgs_rule"
     block_size: int = 8
     embed: int = 16
     heads: int = 2
@@ -150,38 +148,9 @@ class TransformerBFGS(FunctionalOptimizer):
     ffn_mult: int = 2
     identity_mix: float = 0.01  # λ: how much of I is mixed into B each step (bounds its condition number)
     curvature_floor: float = 0.1  # δ: floor of wᵀu relative to |u|·|w| in ρ
-    momentum_decays: Tuple[float, ...] = MOMENTUM_DECAYS
-    rms_decay: float = RMS_DECAY
-    adafactor_decays: Tuple[float, ...] = ADAFACTOR_DECAYS
-    factored_momentum_decay: float = FACTORED_MOMENTUM_DECAY
-    learn_decays: bool = False
-    grad_clip: float = 1000.0
-    init: str = "random"
+    features: FeatureSet = FeatureSet()  # decays (optionally learned) and the gradient clip
     base_lr: float = 1e-3  # initial exp(log_lr); with init="deterministic" the Adam lr it starts as
-    eps: float = 1e-8
-
-    def __post_init__(self):
-        check_init("transformer_bfgs", self.init)
-        sizes = dict(block_size=self.block_size, embed=self.embed, heads=self.heads, layers=self.layers)
-        sizes["ffn_mult"] = self.ffn_mult
-        bad = {k: v for k, v in sizes.items() if v < 1}
-        if bad:
-            raise ValueError(f"transformer_bfgs: sizes must be ≥ 1, got {bad}")
-        if self.embed % self.heads:
-            raise ValueError(f"transformer_bfgs: embed ({self.embed}) must be a multiple of heads ({self.heads})")
-        if not 0 < self.identity_mix < 1:
-            raise ValueError(f"transformer_bfgs: identity_mix must be in (0, 1), got {self.identity_mix}")
-        if self.curvature_floor <= 0:
-            raise ValueError(f"transformer_bfgs: curvature_floor must be > 0, got {self.curvature_floor}")
-        if self.base_lr <= 0:
-            raise ValueError(f"transformer_bfgs: base_lr must be > 0, got {self.base_lr}")
-        object.__setattr__(self, "momentum_decays", tuple(self.momentum_decays))
-        object.__setattr__(self, "adafactor_decays", tuple(self.adafactor_decays))
-        self.features  # validates the feature decays now, not at the first step
-
-    @property
-    def features(self) -> FeatureSet:
-        return feature_set_of(self)
+    eps: float = 1e-8  # of Adam's diagonal preconditioner D (and of the deterministic init's Adam)
 
     @property
     def n_inputs(self) -> int:
@@ -206,15 +175,25 @@ class TransformerBFGS(FunctionalOptimizer):
         meta["head.block.w"], meta["head.block.b"] = linear_init(generator, E, 2)  # a, gate logit
         meta["log_lr"] = torch.tensor(math.log(self.base_lr))
         meta["gate"] = torch.tensor(1.0)
-        if self.init == "deterministic":
-            # d, u, w and a heads start at zero (the gate-logit head stays random: the gate is closed).
-            meta["head.coord.w"], meta["head.coord.b"] = torch.zeros(E, 3), torch.zeros(3)
-            w, b = meta["head.block.w"], meta["head.block.b"]
-            meta["head.block.w"] = torch.cat([torch.zeros_like(w[:, :1]), w[:, 1:]], dim=1)
-            meta["head.block.b"] = torch.cat([torch.zeros_like(b[:1]), b[1:]])
-            meta["gate"] = torch.tensor(0.0)
         meta.update(self.features.init_meta())
         return meta
+
+    def zero_output(self, meta):
+        """d, u, w and a heads at zero and the gate closed, so B stays I (the gate-logit head stays
+        random: the closed gate already stops it)."""
+        E = self.embed
+        w, b = meta["head.block.w"], meta["head.block.b"]
+        zeros = {
+            "head.coord.w": torch.zeros(E, 3),
+            "head.coord.b": torch.zeros(3),
+            "head.block.w": torch.cat([torch.zeros_like(w[:, :1]), w[:, 1:]], dim=1),
+            "head.block.b": torch.cat([torch.zeros_like(b[:1]), b[1:]]),
+            "gate": torch.tensor(0.0),
+        }
+        return {k: zeros.get(k, v) for k, v in meta.items()}
+
+    def adam_betas(self):
+        return self.features.adam_betas
 
     # -- state ----------------------------------------------------------------------------------
     def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
@@ -239,12 +218,11 @@ class TransformerBFGS(FunctionalOptimizer):
             x = x + h @ meta[f"{pre}.ffn2.w"] + meta[f"{pre}.ffn2.b"]
         return _layer_norm(x, meta, "final_ln")
 
-    def step(self, meta, params, grads, state, loss=None):
+    def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         fs, b = self.features, self.block_size
         ref = next(iter(params.values()))
         decays = fs.decays(meta, ref)
         t = state["t"] + 1
-        deterministic = self.init == "deterministic"
 
         names = list(params)
         accs: Dict[str, Dict[str, Tensor]] = {}
@@ -259,9 +237,8 @@ class TransformerBFGS(FunctionalOptimizer):
             feats += [state["s"][name], g - state["g_prev"][name]]
             inputs.append(to_blocks(stack_full(feats, p.shape, rms_scales(feats)), b))
             masks.append(block_mask(p.numel(), b, p))
-            if deterministic:
-                direction = adam_direction(accs[name]["m"][0], accs[name]["rms"], decays, t, self.eps)
-                adam.append(to_blocks(direction.reshape(-1), b))
+            if base is not None:
+                adam.append(to_blocks(base(*fs.adam_moments(accs[name], decays), t).reshape(-1), b))
             # The secant pair (last step, D-scaled gradient change), unit RMS per tensor.
             inv_v = 1 / (safe_sqrt(accs[name]["rms"] / (1 - decays.rms**t)) + self.eps)
             y = (g - state["g_prev"][name]) * inv_v
@@ -277,7 +254,7 @@ class TransformerBFGS(FunctionalOptimizer):
         d, u_head, w_head = coord.unbind(-1)
         pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         a, gate_logit = (pooled @ meta["head.block.w"] + meta["head.block.b"]).unbind(-1)
-        if deterministic:
+        if base is not None:
             d = d + torch.cat(adam)
         u = torch.cat([s_hat for s_hat, _ in secant]) + u_head
         w = torch.cat([y_hat for _, y_hat in secant]) + w_head
@@ -288,13 +265,37 @@ class TransformerBFGS(FunctionalOptimizer):
         B = spd_update(torch.cat([state["B"][n] for n in names]), u, w, rho_scale, self.curvature_floor, self.identity_mix)
         delta = -torch.exp(meta["log_lr"] + a)[:, None] * (B @ d.unsqueeze(-1)).squeeze(-1)
 
-        new_params: Params = {}
+        updates: Params = {}
         new_state: State = {"t": t, **{k: {} for k in ("B", "s", "g_prev", *ACCUMULATORS)}}
         for name, B_t, step_t in zip(names, B.split(counts), delta.split(counts)):
             p = params[name]
             step_t = step_t.reshape(-1)[: p.numel()].reshape(p.shape)
-            new_params[name] = p + step_t
+            updates[name] = step_t
             new_state["B"][name], new_state["s"][name], new_state["g_prev"][name] = B_t, step_t, clipped[name]
             for k in ACCUMULATORS:
                 new_state[k][name] = accs[name][k]
-        return new_params, new_state
+        return updates, new_state
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerBFGS(LearnedArchitecture, TransformerBFGSRule):
+    """`transformer_bfgs`: the rule's hyperparameters, plus the init and its Adam. The rule's own
+    exp(log_lr + a)·B scales the sum, so Adam's direction enters unscaled (`rule_scales`)."""
+
+    name = "transformer_bfgs"
+    rule = TransformerBFGSRule
+    rule_scales = True
+
+    def validate(self):
+        super().validate()
+        sizes = dict(block_size=self.block_size, embed=self.embed, heads=self.heads, layers=self.layers)
+        sizes["ffn_mult"] = self.ffn_mult
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:
+            raise ValueError(f"transformer_bfgs: sizes must be ≥ 1, got {bad}")
+        if self.embed % self.heads:
+            raise ValueError(f"transformer_bfgs: embed ({self.embed}) must be a multiple of heads ({self.heads})")
+        if not 0 < self.identity_mix < 1:
+            raise ValueError(f"transformer_bfgs: identity_mix must be in (0, 1), got {self.identity_mix}")
+        if self.curvature_floor <= 0:
+            raise ValueError(f"transformer_bfgs: curvature_floor must be > 0, got {self.curvature_floor}")

@@ -13,6 +13,8 @@ incoming updates (the gradients, for the first piece) to new ones. Pieces compos
   `by_name_or_ndim` (names matching given substrings, such as embeddings, go to the vector branch).
 - `Sum` adds the updates of two transforms fed the same input: a hand-designed base optimizer plus a
   learned correction whose output layer starts at zero is exactly the base optimizer at init.
+- `Composed` is the base of registered optimizers defined as such a composition (baselines, celo,
+  the learned architectures of `learned.py`): fields are hyperparameters, `build()` returns it.
 
 State layout follows `base.py`: each entry is a per-tensor field (a dict keyed like Params) or a
 global tensor; under `Partition` a branch's per-tensor fields hold only that branch's tensors.
@@ -21,12 +23,14 @@ global tensor; under `Partition` a branch's per-tensor fields hold only that bra
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, safe_sqrt, tree_map, zeros_like_tree
+from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, safe_sqrt
+from l2o.tree import tree_map, zeros_like_tree
 
 Label = Callable[[str, Tensor], str]
 
@@ -181,25 +185,41 @@ class _Stateless(FunctionalOptimizer):
         return {}
 
 
+def log_1m(**decays: float) -> MetaParams:
+    """Decays β as meta-parameters `log_1m_<name>` = log(1-β): precise for β near 1, and any real
+    value maps back to a β < 1 (the hand-designed pieces' learnable hyperparameters)."""
+    return {f"log_1m_{k}": torch.tensor(math.log(1 - b), dtype=torch.float32) for k, b in decays.items()}
+
+
+def _decay(meta: MetaParams, name: str) -> Tensor:
+    return 1 - meta[f"log_1m_{name}"].exp()
+
+
 @dataclasses.dataclass(frozen=True)
 class ScaleByAdam(FunctionalOptimizer):
-    """Adam's direction m̂/(sqrt(v̂)+eps) (Kingma & Ba 2015), bias-corrected as torch.optim does."""
+    """Adam's direction m̂/(sqrt(v̂)+eps) (Kingma & Ba 2015), bias-corrected as torch.optim does
+    (in float64). `learned`: β1, β2 are the meta-parameters log_1m_beta1, log_1m_beta2."""
 
     name = "scale_by_adam"
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
+    learned: bool = False
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        return log_1m(beta1=self.b1, beta2=self.b2) if self.learned else {}
 
     def init_state(self, meta, params, context=None) -> State:
         ref = next(iter(params.values()))
         return {"m": zeros_like_tree(params), "v": zeros_like_tree(params), "t": ref.new_zeros(())}
 
     def update(self, meta, grads, state, params, loss=None):
+        b1, b2 = (_decay(meta, "beta1"), _decay(meta, "beta2")) if self.learned else (self.b1, self.b2)
         t = state["t"] + 1
-        m = tree_map(lambda m, g: self.b1 * m + (1 - self.b1) * g, state["m"], grads)
-        v = tree_map(lambda v, g: self.b2 * v + (1 - self.b2) * g * g, state["v"], grads)
-        bc1 = 1 - self.b1 ** t.double()
-        bc2_sqrt = (1 - self.b2 ** t.double()).sqrt()
+        m = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
+        v = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], grads)
+        bc1 = 1 - b1 ** t.double()
+        bc2_sqrt = (1 - b2 ** t.double()).sqrt()
         step = tree_map(
             lambda m, v: (m / bc1.to(m.dtype)) / (safe_sqrt(v) / bc2_sqrt.to(v.dtype) + self.eps), m, v
         )
@@ -208,24 +228,33 @@ class ScaleByAdam(FunctionalOptimizer):
 
 @dataclasses.dataclass(frozen=True)
 class TraceMomentum(FunctionalOptimizer):
-    """Heavy-ball momentum buf ← β·buf + u (optionally Nesterov: u + β·buf), as torch.optim.SGD."""
+    """Heavy-ball momentum buf ← β·buf + u (optionally Nesterov: u + β·buf), as torch.optim.SGD.
+    `learned`: β is the meta-parameter log_1m_momentum."""
 
     name = "trace"
     decay: float = 0.9
     nesterov: bool = False
+    learned: bool = False
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        return log_1m(momentum=self.decay) if self.learned else {}
 
     def init_state(self, meta, params, context=None) -> State:
         return {"buf": zeros_like_tree(params)}
 
     def update(self, meta, grads, state, params, loss=None):
-        buf = tree_map(lambda b, g: self.decay * b + g, state["buf"], grads)
-        out = tree_map(lambda g, b: g + self.decay * b, grads, buf) if self.nesterov else buf
+        decay = _decay(meta, "momentum") if self.learned else self.decay
+        # A zero buffer makes the first step buf = u, which is torch.optim's special case.
+        buf = tree_map(lambda b, g: decay * b + g, state["buf"], grads)
+        out = tree_map(lambda g, b: g + decay * b, grads, buf) if self.nesterov else buf
         return out, {"buf": buf}
 
 
 @dataclasses.dataclass(frozen=True)
 class AddDecayedWeights(_Stateless):
-    """u + wd·p: decoupled weight decay when placed before `scale_by_lr` (Loshchilov & Hutter 2019)."""
+    """u + wd·p. After the preconditioner and before the learning rate it is decoupled weight decay
+    (AdamW, Loshchilov & Hutter 2019); first in a chain it is an L2 penalty's gradient (SGD's and
+    Adam's `weight_decay` in torch.optim)."""
 
     name = "add_decayed_weights"
     weight_decay: float = 0.0
@@ -245,6 +274,21 @@ class Scale(_Stateless):
 
     def update(self, meta, grads, state, params, loss=None):
         return tree_map(lambda u: u * self.factor, grads), state
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleByLearnedLr(_Stateless):
+    """u·(-exp(log_lr)): descent with a learning rate that is a meta-parameter, starting at `lr`."""
+
+    name = "scale_by_learned_lr"
+    lr: float = 1e-3
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        return {"log_lr": torch.tensor(math.log(self.lr), dtype=torch.float32)}
+
+    def update(self, meta, grads, state, params, loss=None):
+        lr = meta["log_lr"].exp()
+        return tree_map(lambda u: -lr * u, grads), state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,3 +378,63 @@ def adamw(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-
     """AdamW as a chain; equals torch.optim.AdamW up to float rounding (it scales p by (1 - lr·wd)
     before the Adam step, which is the same update)."""
     return chain(scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay), scale_by_lr(lr))
+
+
+
+def without_corrections(t: FunctionalOptimizer) -> FunctionalOptimizer:
+    """`t` with the learned correction of every `Sum` removed: what a composition computes while
+    those corrections are at their deterministic init (zero)."""
+    if isinstance(t, Sum):
+        return without_corrections(t.base)
+    if isinstance(t, Chain):
+        return Chain(tuple(without_corrections(part) for part in t.parts))
+    if isinstance(t, Partition):
+        return Partition(t.label, {k: without_corrections(v) for k, v in t.transforms.items()})
+    return t
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Composed(FunctionalOptimizer):
+    """Base of the registered optimizers that are a composition of the pieces above.
+
+    A subclass holds the hyperparameters (its fields), checks them in `validate`, and returns the
+    composition from `build`; the pure methods are the composition's. Subclasses declare
+    `needs_loss` or a fused step as class attributes, as any optimizer.
+    """
+
+    def __post_init__(self):
+        self.validate()
+        object.__setattr__(self, "_composed", self.build())
+
+    def validate(self) -> None:
+        """Raise ValueError for hyperparameters out of range (and normalize lists to tuples)."""
+
+    def build(self) -> FunctionalOptimizer:
+        raise NotImplementedError
+
+    def part(self, cls):
+        """A `cls` (a base class of this one, such as its learned rule) with this object's values of
+        the fields it has."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
+    def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
+        return self._composed.init_meta(generator)
+
+    def init_state(self, meta, params, context=None) -> State:
+        return self._composed.init_state(meta, params, context)
+
+    def update(self, meta, grads, state, params, loss=None):
+        return self._composed.update(meta, grads, state, params, loss)
+
+    def scale_updates(self, updates, state, scale):
+        return self._composed.scale_updates(updates, state, scale)
+
+    def learning_rate(self, meta, state):
+        return self._composed.learning_rate(meta, state)
+
+    def starts_as(self, context=None):
+        """At init="deterministic": the composition without its `Sum` corrections."""
+        return without_corrections(self._composed) if getattr(self, "init", None) == "deterministic" else None

@@ -1,6 +1,6 @@
 """VeLO-style hierarchical learned optimizer: a per-tensor LSTM that writes per-parameter MLPs.
 
-Metz et al. 2022, "VeLO: Training Versatile Learned Optimizers by Scaling Up" (ALGORITHMS.md §3),
+Metz et al. 2022, "VeLO: Training Versatile Learned Optimizers by Scaling Up" (docs/algorithms.md §3),
 at CPU size (LSTM 32 units and 8 basis MLPs by default; the released model has 512 and 256).
 
 Each step, for every parameter tensor:
@@ -20,8 +20,9 @@ Each step, for every parameter tensor:
 It reads the loss (`needs_loss`) and the planned number of steps T (context["horizon"]: the trainer
 and `LearnedOptimizer(num_steps=...)` provide it).
 
-Init (`init`): "random" draws every weight; "deterministic" (ALGORITHMS.md §6) zeroes the output
-layer of every basis MLP, so d = μ = 0, and adds Adam (lr = exp(log_lr), β = 0.9/0.999):
+Init (`init`): "random" draws every weight; "deterministic" is Adam plus the rest as a learned
+correction (`learned.AdamPlusCorrection`, docs/algorithms.md §6): the output layer of every basis
+MLP starts at zero, so d = μ = 0, and Adam's step (lr = exp(log_lr), β = 0.9/0.999) is added:
 p ← p - exp(exp_mult·μ)·(step_mult·RMS(p)·α·d + lr·m̂/(sqrt(v̂)+eps)) — the untrained optimizer is Adam.
 """
 
@@ -35,34 +36,31 @@ import torch
 from torch import Tensor
 
 from l2o.optimizers import fused
-from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State, constant, linear_init, lstm_cell
+from l2o.optimizers.base import MetaParams, Params, State, constant
 from l2o.optimizers.features import (
     ACCUMULATORS,
-    ADAFACTOR_DECAYS,
-    FACTORED_MOMENTUM_DECAY,
     FRACTION_TAUS,
-    MOMENTUM_DECAYS,
-    RMS_DECAY,
     TIME_SCALES,
     FeatureSet,
     accumulators_of,
     adam_constants,
-    adam_direction,
     ema,
     fraction_features,
     safe_sqrt,
     time_features,
-    feature_set_of,
 )
-from l2o.optimizers.mlp import apply_param_mlp, check_init, init_mlp, mlp_sizes
+from l2o.optimizers.learned import AdamStep, LearnedArchitecture, LearnedRule
+from l2o.optimizers.nets import apply_param_mlp, init_mlp, linear_init, lstm_cell, mlp_sizes
 
 MAX_RANK = 4  # ranks ≥ 4 share the last one-hot slot
 _LOG_FLOOR = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
-class VeLOOptimizer(FunctionalOptimizer):
-    name = "velo"
+class VeLORule(LearnedRule):
+    """The learned rule of the module doc (steps 1-5), with an optional base added to its direction."""
+
+    name = "velo_rule"
     needs_loss = True
     lstm_hidden: int = 32
     tensor_embed: int = 32  # width of the tensor-feature embedding (and of the mixing layer)
@@ -72,34 +70,7 @@ class VeLOOptimizer(FunctionalOptimizer):
     step_mult: float = 0.001
     exp_mult: float = 0.001
     loss_decays: Tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
-    momentum_decays: Tuple[float, ...] = MOMENTUM_DECAYS
-    rms_decay: float = RMS_DECAY
-    adafactor_decays: Tuple[float, ...] = ADAFACTOR_DECAYS
-    factored_momentum_decay: float = FACTORED_MOMENTUM_DECAY
-    learn_decays: bool = False
-    grad_clip: float = 1000.0
-    init: str = "random"
-    base_lr: float = 1e-3  # deterministic init: the Adam learning rate the optimizer starts as
-    eps: float = 1e-8
-
-    def __post_init__(self):
-        check_init("velo", self.init)
-        sizes = dict(lstm_hidden=self.lstm_hidden, tensor_embed=self.tensor_embed, num_basis=self.num_basis)
-        sizes.update(hidden=self.hidden, layers=self.layers)
-        bad = {k: v for k, v in sizes.items() if v < 1}
-        if bad:
-            raise ValueError(f"velo: sizes must be ≥ 1, got {bad}")
-        if self.base_lr <= 0:
-            raise ValueError(f"velo: base_lr must be > 0, got {self.base_lr}")
-        for field in ("loss_decays", "momentum_decays", "adafactor_decays"):
-            object.__setattr__(self, field, tuple(getattr(self, field)))
-        if not self.loss_decays or any(not 0 <= b < 1 for b in self.loss_decays):
-            raise ValueError(f"velo: loss_decays must be non-empty, each in [0, 1), got {self.loss_decays}")
-        self.features  # validates the feature decays now, not at the first step
-
-    @property
-    def features(self) -> FeatureSet:
-        return feature_set_of(self)
+    features: FeatureSet = FeatureSet()  # decays (optionally learned) and the gradient clip
 
     @property
     def n_param_inputs(self) -> int:
@@ -108,7 +79,7 @@ class VeLOOptimizer(FunctionalOptimizer):
 
     @property
     def n_tensor_inputs(self) -> int:
-        return len(FRACTION_TAUS) + len(self.loss_decays) + len(self.momentum_decays) + 3 + MAX_RANK + 1
+        return len(FRACTION_TAUS) + len(self.loss_decays) + len(self.features.momentum_decays) + 3 + MAX_RANK + 1
 
     # -- meta-parameters ------------------------------------------------------------------------
     def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
@@ -122,15 +93,21 @@ class VeLOOptimizer(FunctionalOptimizer):
         meta["head.alpha.w"], meta["head.alpha.b"] = linear_init(generator, H, 1)
         # The bank: K MLPs whose mixture 100·mean_i(c_i·W_i) has about a Linear layer's init scale.
         sizes = mlp_sizes(self.n_param_inputs, self.hidden, self.layers)
-        bank = [init_mlp(generator, sizes, zero_last=self.init == "deterministic") for _ in range(K)]
+        bank = [init_mlp(generator, sizes) for _ in range(K)]
         scale = math.sqrt(K) / 100
         for i in range(len(sizes)):
             meta[f"bank.w{i}"] = torch.stack([member[i][0] for member in bank]) * scale
             meta[f"bank.b{i}"] = torch.stack([member[i][1] for member in bank]) * scale
         meta.update(self.features.init_meta())
-        if self.init == "deterministic":
-            meta["log_lr"] = torch.tensor(math.log(self.base_lr))
         return meta
+
+    def zero_output(self, meta):
+        """Every basis MLP's output layer at zero: d = μ = 0 whatever the controls."""
+        output = (f"bank.w{self.layers}", f"bank.b{self.layers}")
+        return {k: torch.zeros_like(v) if k in output else v for k, v in meta.items()}
+
+    def adam_betas(self):
+        return self.features.adam_betas
 
     # -- state ----------------------------------------------------------------------------------
     def init_state(self, meta: MetaParams, params: Params, context=None) -> State:
@@ -225,7 +202,7 @@ class VeLOOptimizer(FunctionalOptimizer):
         lstm_state = {"lstm_h": dict(zip(names, h.unbind(0))), "lstm_c": dict(zip(names, c.unbind(0)))}
         return layers, alpha, lstm_state
 
-    def step(self, meta, params, grads, state, loss=None):
+    def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         fs = self.features
         decays, t, loss_state, global_feats = self._start(meta, params, state, loss)
         names = list(params)
@@ -239,29 +216,53 @@ class VeLOOptimizer(FunctionalOptimizer):
         rows = self._tensor_rows(global_feats, torch.stack(stats), params)
         layers, alpha, lstm_state = self._tensor_level(meta, rows, state, names, t)
 
-        deterministic = self.init == "deterministic"
-        lr = meta["log_lr"].exp() if deterministic else None
-        new_params: Params = {}
+        updates: Params = {}
         new_state: State = {"t": t, "horizon": state["horizon"], **loss_state, **lstm_state}
         new_state.update({k: {} for k in ACCUMULATORS})
         for i, name in enumerate(names):
             p = params[name]
             d, mu = apply_param_mlp(feats[name], layers[i], p.shape)
-            update = self.step_mult * rms_ps[name] * alpha[i] * d
-            if deterministic:
-                update = update + lr * adam_direction(accs[name]["m"][0], accs[name]["rms"], decays, t, self.eps)
-            new_params[name] = p - torch.exp(self.exp_mult * mu) * update
+            direction = self.step_mult * rms_ps[name] * alpha[i] * d
+            if base is not None:
+                direction = direction + base(*fs.adam_moments(accs[name], decays), t)
+            updates[name] = -(torch.exp(self.exp_mult * mu) * direction)
             for k in ACCUMULATORS:
                 new_state[k][name] = accs[name][k]
-        return new_params, new_state
+        return updates, new_state
 
-    def fused_step(self, meta, params, grads, state, loss=None, update_scale=None) -> State:
-        """`step` through the fused CPU kernel; the contract of `MLPOptimizer.fused_step`.
+    def learning_rate(self, meta, state):
+        return self.step_mult
+
+
+@dataclasses.dataclass(frozen=True)
+class VeLOOptimizer(LearnedArchitecture, VeLORule):
+    """`velo`: the rule's hyperparameters, plus the init and its Adam (`LearnedArchitecture`)."""
+
+    name = "velo"
+    rule = VeLORule
+    has_fused_step = True
+
+    def validate(self):
+        super().validate()
+        sizes = dict(lstm_hidden=self.lstm_hidden, tensor_embed=self.tensor_embed, num_basis=self.num_basis)
+        sizes.update(hidden=self.hidden, layers=self.layers)
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:
+            raise ValueError(f"velo: sizes must be ≥ 1, got {bad}")
+        object.__setattr__(self, "loss_decays", tuple(self.loss_decays))
+        if not self.loss_decays or any(not 0 <= b < 1 for b in self.loss_decays):
+            raise ValueError(f"velo: loss_decays must be non-empty, each in [0, 1), got {self.loss_decays}")
+
+    def fused_unsupported(self) -> Optional[str]:
+        return fused.unsupported(self)
+
+    def fused_step(self, meta, params, grads, state, loss=None, scale=None) -> State:
+        """`update` through the fused CPU kernel; the contract of `MLPOptimizer.fused_step`.
 
         The tensor level (loss features, LSTM, hypernetwork) runs in one C++ call too
         (csrc/velo_tensor_level.cpp): as torch ops it cost more than a tenth of a step at 1e6 parameters.
         """
-        update_scale = update_scale or {}
+        scale = scale or {}
         fs = self.features
         _require_loss(loss)
         decays = fs.decays(meta, next(iter(params.values())))
@@ -276,8 +277,8 @@ class VeLOOptimizer(FunctionalOptimizer):
             fs.size + 1, self.layers + 1, self.hidden, self.step_mult,
         )
         adam = adam_constants(meta, decays, t, self.eps) if self.init == "deterministic" else None
-        for i, (name, tp, scale) in enumerate(zip(names, plans, scales)):
-            fused.apply(fs, consts, tp, layers, scale, self.exp_mult, adam, update_scale.get(name, 1.0), which=i)
+        for i, (name, tp, step_scale) in enumerate(zip(names, plans, scales)):
+            fused.apply(fs, consts, tp, layers, step_scale, self.exp_mult, adam, scale.get(name, 1.0), which=i)
         return {
             "t": t,
             "horizon": state["horizon"],

@@ -13,7 +13,7 @@ from l2o.task_distributions.catalogue import family_catalogue
 from l2o.task_distributions.conv import ConvClassifierFamily
 from l2o.task_distributions.data import DatasetError, classification_data
 from l2o.task_distributions.logistic import LogisticRegressionFamily
-from l2o.task_distributions.module_task import ModuleFamily
+from l2o.task_distributions.module_task import ModuleFamily, from_module
 from l2o.task_distributions.neural import MLPClassifierFamily
 from l2o.task_distributions.sequence import MarkovLMFamily
 from l2o.task_distributions.space import Choice, LogUniform, Uniform
@@ -37,6 +37,7 @@ __all__ = [
     "ConvClassifierFamily",
     "MarkovLMFamily",
     "ModuleFamily",
+    "from_module",
     "Choice",
     "Uniform",
     "LogUniform",

@@ -21,7 +21,7 @@ def quadratic_loss(params, batch):
 
 
 class QuadraticFamily(TaskFamily):
-    """Quadratics ||Wx-y||², W and y ~ U[0,1) (ALGORITHMS.md §1); x₀ ~ N(0, I).
+    """Quadratics ||Wx-y||², W and y ~ U[0,1) (docs/algorithms.md §1); x₀ ~ N(0, I).
 
     OOD tasks are `ood_dim`-dimensional (default 2·dim): more coordinates and a larger, more spread
     spectrum of WᵀW than training saw.

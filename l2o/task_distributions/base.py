@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from l2o.optimizers.base import Params
+from l2o.tree import stack_trees  # noqa: F401 (re-exported: the unroll engine imports it from here)
 from l2o.task_distributions.sampling import MinibatchSampler, shared_evaluation_batch, stacked_minibatches
 from l2o.task_distributions.seeds import SPLITS, generator, split_of, task_seed  # noqa: F401 (re-exported)
 
@@ -64,13 +65,6 @@ class Task:
         if self.eval_batch is not None:
             return self.eval_batch()
         return self.sampler.evaluation_batch() if self.sampler is not None else self.batch(0)
-
-    @staticmethod
-    def from_module(module, loss_fn, dataset, batch_size: int = 64, seed: int = 0, name: str = "module", **kwargs):
-        """Turn any `nn.Module` + loss + dataset into a Task (see `module_task.task_from_module`)."""
-        from l2o.task_distributions.module_task import task_from_module
-
-        return task_from_module(module, loss_fn, dataset, batch_size=batch_size, seed=seed, name=name, **kwargs)
 
 
 class TaskFamily(abc.ABC):
@@ -133,11 +127,6 @@ class Suite:
         """One vmappable batch per family: tasks start .. start+tasks_per_family-1 of `split`."""
         indices = range(start, start + tasks_per_family)
         return [family.sample_batch(split, indices, device) for family in self.families]
-
-
-def stack_trees(trees: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
-    """Stack same-keyed dicts along a new leading (task) dimension, for vmap."""
-    return {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
 
 
 class TaskBatch:

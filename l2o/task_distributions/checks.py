@@ -3,7 +3,7 @@
     from l2o.task_distributions.checks import check_family
     check_family(MyFamily())        # raises FamilyContractError naming the broken promise
 
-The promises (DESIGN.md §2): same (split, index) → the same task; one structure → one shared loss
+The promises (see `base.py`): same (split, index) → the same task; one structure → one shared loss
 function and equal shapes; `TaskBatch`'s stacked data equals each task's own `batch(step)`; the
 vmapped loss equals a loop over tasks. `adam_curve` runs plain `torch.optim.Adam` on a task, the
 quickest sanity check that a task is learnable at a sensible learning rate.
@@ -18,16 +18,12 @@ from torch import Tensor
 from torch.func import vmap
 
 from l2o.errors import L2OError
-from l2o.task_distributions.base import SPLITS, Task, TaskFamily, stack_trees
+from l2o.task_distributions.base import SPLITS, Task, TaskFamily
+from l2o.tree import stack_trees, trees_equal
 
 
 class FamilyContractError(L2OError, AssertionError):
     """A task family breaks a promise the unroll engine relies on."""
-
-
-def trees_equal(a: Dict[str, Tensor], b: Dict[str, Tensor]) -> bool:
-    """Same keys, dtypes, shapes and values (bit for bit)."""
-    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
 
 def _require(ok: bool, family: TaskFamily, split: str, what: str) -> None:

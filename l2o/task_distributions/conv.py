@@ -3,7 +3,7 @@
 The CNN tasks of learned-optimizer work (Metz et al. 2020 "Tasks, stability, architecture, and
 compute"; VeLO 2022) in CPU size. Images (C, H, W) get 2-D convolutions, 1-D signals such as
 MNIST-1D (1, 40) get 1-D ones, chosen from the dataset's `input_shape`. Channels, activation, batch
-size and init scale are sampled like the MLP family's (see `neural.py`); OOD tasks are wider and
+size and init scale are sampled like the MLP family's (see `classifier.py`); OOD tasks are wider and
 deeper.
 """
 
@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from l2o.task_distributions.neural import _ACTIVATIONS, EVAL_EXAMPLES, ClassifierFamily
+from l2o.task_distributions.classifier import ACTIVATIONS, EVAL_EXAMPLES, ClassifierFamily
 
 KERNEL = 3
 
@@ -49,7 +49,7 @@ def cnn_init(gen: torch.Generator, sizes, scale: float = 1.0):
 @functools.lru_cache(maxsize=None)
 def cnn_loss(activation: str, layers: int, input_shape: Tuple[int, ...]):
     """Cross-entropy of the CNN: one function object per (activation, depth, input shape)."""
-    act = _ACTIVATIONS[activation]
+    act = ACTIVATIONS[activation]
     shape = _spatial(input_shape)
     conv = F.conv1d if len(shape) == 2 else F.conv2d
 

@@ -1,4 +1,4 @@
-"""Random least-squares problems, the testbed of learned GD step sizes (ALGORITHMS.md §6).
+"""Random least-squares problems, the testbed of learned GD step sizes (docs/algorithms.md §6).
 
 Song, Lin & Xu, NeurIPS 2025, "Learning Provably Improves the Convergence of Gradient Descent"
 (code: NetX-lab/MathL2OProof-Official): f(x) = ½||Wx - y||² with W ∈ R^{m×n} Gaussian with

@@ -1,4 +1,4 @@
-"""The two small problems of the LODO paper, as task families (ALGORITHMS.md §5).
+"""The two small problems of the LODO paper, as task families (docs/algorithms.md §5).
 
 Liao et al. 2023, "Learning to Optimize Quasi-Newton Methods" (and their reference code's
 `NoisyQuadraticBowlTask`):

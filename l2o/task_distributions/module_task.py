@@ -23,7 +23,7 @@ from torch.func import functional_call, replace_all_batch_norm_modules_
 
 from l2o.task_distributions import data
 from l2o.task_distributions.base import Task, TaskFamily, task_seed
-from l2o.task_distributions.neural import EVAL_EXAMPLES
+from l2o.task_distributions.classifier import EVAL_EXAMPLES
 from l2o.task_distributions.sampling import MinibatchSampler, TensorData
 
 
@@ -93,7 +93,7 @@ class ModuleFamily(TaskFamily):
         eval_examples: int = EVAL_EXAMPLES,
     ):
         if not isinstance(module, torch.nn.Module):
-            raise TypeError(f"Task.from_module needs a torch.nn.Module, got {type(module).__name__}")
+            raise TypeError(f"from_module needs a torch.nn.Module, got {type(module).__name__}")
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(module_output, targets) -> scalar tensor")
         if batch_size < 1:
@@ -101,13 +101,13 @@ class ModuleFamily(TaskFamily):
         if not 0 <= heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
         self.name, self.reinit, self.eval_examples = name, reinit, eval_examples
-        self.description = f"{type(module).__name__} via Task.from_module"
+        self.description = f"{type(module).__name__} via from_module"
         self._module = copy.deepcopy(module).cpu()  # CPU: re-initialization then reads the CPU generator
         replace_all_batch_norm_modules_(self._module)
         self._module.train(train_mode)
         self._start = {k: v.detach().clone() for k, v in self._module.named_parameters() if v.requires_grad}
         if not self._start:
-            raise ValueError("Task.from_module: the module has no trainable parameters")
+            raise ValueError("from_module: the module has no trainable parameters")
         self._constants = {k: v.detach() for k, v in self._module.named_parameters() if not v.requires_grad}
         self._constants.update({k: v.detach() for k, v in self._module.named_buffers()})
         columns = module_columns(dataset, input_column, target_column)
@@ -175,15 +175,15 @@ class ModuleFamily(TaskFamily):
                 value = self._loss(self._start, batch)
         except Exception as err:  # the user's module/loss raised: say where, keep their message
             raise ValueError(
-                f"Task.from_module: module/loss_fn failed on a batch (x {tuple(batch['x'].shape)} "
+                f"from_module: module/loss_fn failed on a batch (x {tuple(batch['x'].shape)} "
                 f"{batch['x'].dtype}, y {tuple(batch['y'].shape)} {batch['y'].dtype}): {err}"
             ) from err
         if not isinstance(value, Tensor) or value.numel() != 1:
             got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(f"Task.from_module: loss_fn must return a scalar tensor, got {got}")
+            raise ValueError(f"from_module: loss_fn must return a scalar tensor, got {got}")
 
 
-def task_from_module(
+def from_module(
     module: torch.nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     dataset,
