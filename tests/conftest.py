@@ -15,6 +15,7 @@ torch.set_num_threads(1)
 # the fused kernel (about a minute cold), so it gets longer than one test.
 TEST_DEADLINE_S = float(os.environ.get("L2O_TEST_DEADLINE_S", "600"))
 COLLECTION_DEADLINE_S = 2 * TEST_DEADLINE_S
+SUITE_DEADLINE_S = 6 * TEST_DEADLINE_S  # the whole run (about 4 minutes on 2 cores)
 
 
 def _watchdog(config, what: str, seconds: float) -> threading.Timer:
@@ -33,6 +34,10 @@ def _watchdog(config, what: str, seconds: float) -> threading.Timer:
     timer.daemon = True
     timer.start()
     return timer
+
+
+def pytest_sessionstart(session):
+    _watchdog(session.config, "the test suite", SUITE_DEADLINE_S)  # ends with the process
 
 
 @pytest.hookimpl(hookwrapper=True)
