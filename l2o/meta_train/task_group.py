@@ -9,8 +9,8 @@ Its jobs, and where each is done:
 - which task each slot runs: `TaskStream` (indices from a per-group counter, one structure per
   generation for families whose shapes vary), so the whole sequence is a function of (seed, group);
 - how long each task lives: `schedules.HorizonSchedule`;
-- running a truncation: `truncation.py` (differentiable for truncated backprop, forward-only and
-  optionally compiled for the ES estimators; compiled code is cached across groups and generations);
+- running a truncation: `truncation.Truncation` (differentiable for truncated backprop, forward-only
+  for the ES estimators, optionally compiled, with compiled code shared by groups and generations);
 - the truncation's data: `TaskBatch.batches` (one gather from one index tensor per truncation),
   cached for tasks whose batch never changes;
 - resets and persistence: here (`advance`, `state_dict`, `load_state_dict`).
@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from l2o.meta_train.schedules import HorizonSchedule
-from l2o.meta_train.truncation import truncation_for
+from l2o.meta_train.truncation import Truncation
 from l2o.meta_train.unroll import detach_tree, finite_rows, map_tree
 from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State
 from l2o.task_distributions.base import Batch, TaskBatch, TaskFamily, stack_trees
@@ -96,8 +96,8 @@ class TaskGroup:
     what PES and truncated ES need for their ±ε pairs; a pair is reset together.
 
     `forward_only` (default: = antithetic, since only the ES estimators use antithetic groups)
-    runs truncations without a meta-gradient graph (`truncation.ForwardTruncation`): `unroll`'s
-    results then carry no gradient. `compile=True` compiles the truncation (see truncation.py).
+    runs truncations without a meta-gradient graph: `unroll`'s results then carry no gradient.
+    `compile=True` compiles the truncation's steps (see truncation.py).
 
     `estimator_state` holds per-slot tensors (a tree) an estimator carries across truncations (PES's
     noise accumulator ξ): leading dimension B, zeroed whenever its slot's task is replaced, saved
@@ -163,7 +163,7 @@ class TaskGroup:
 
     def _build_truncation(self) -> None:
         self._static_batches = None
-        self._truncation = truncation_for(
+        self._truncation = Truncation(
             self.lopt, self.tasks[0].loss, self.k, differentiable=not self.forward_only,
             second_order=self.second_order, per_task_meta=self.copies > 1, compile=self.compile,
         )  # fmt: skip
@@ -220,16 +220,14 @@ class TaskGroup:
 
     # -- one truncation -----------------------------------------------------------------------------
     def _batches(self, tasks, steps: List[int], cacheable: bool) -> Batch:
-        """The truncation's data on the device: (C·B, K+1, ...), or (K+1, C·B, ...) for a step-major
-        truncation. Tasks whose batch never changes (analytic problems) are stacked and copied to
-        the device once per set of tasks, not once per truncation: on a GPU that removes B
-        host-to-device copies from every truncation."""
+        """The truncation's data on the device, step-major: (K+1, C·B, ...). Tasks whose batch never
+        changes (analytic problems) are stacked and copied to the device once per set of tasks, not
+        once per truncation: on a GPU that removes B host-to-device copies from every truncation."""
         static = all(t.static_batch for t in tasks)
         if static and cacheable and self._static_batches is not None:
             return self._static_batches
-        step_major = self._truncation.step_major
-        data = TaskBatch(tasks, self.device).batches(steps, self.k + 1, step_major=step_major)
-        batches = _repeat(data, self.copies, dim=1 if step_major else 0)
+        data = TaskBatch(tasks, self.device).batches(steps, self.k + 1, step_major=True)
+        batches = _repeat(data, self.copies, dim=1)
         if static and cacheable:
             self._static_batches = batches
         return batches
