@@ -279,9 +279,30 @@ def neural_table(args):
                                       f"| {r['meta_cpu'] / r['plain_cpu']:.2f}× | {r['meta_wall'] / r['plain_wall']:.2f}× "
                                       f"| {flops / 1e6:.2f} M | {100 * r['physical_fraction']:.1f}% "
                                       f"| {r['first_step_s']:.1f} | {r['compile_s']:.1f} |", flush=True)
+    print_break_even(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"matmul_flops_per_s": peak, "rows": rows}, f, indent=1)
+
+
+def print_break_even(rows) -> None:
+    """For rows measured eager and compiled: after how many outer steps compiling has paid for itself."""
+    key = lambda r: (r["family"], r["structure"], r["estimator"], r["arch"], r["B"], r["K"], r["procs"])
+    eager = {key(r): r for r in rows if r["mode"] == "eager" and r["procs"] == 1}
+    lines = []
+    for r in rows:
+        e = eager.get(key(r))
+        if r["mode"] != "compiled" or e is None:
+            continue
+        steps = r["B"] * 2 * r["K"] if r["estimator"] != "tbptt" else r["B"] * r["K"]
+        saved = steps / e["meta_cpu"] - steps / r["meta_cpu"]  # CPU seconds per outer step
+        pays = f"after {r['compile_s'] / saved:.0f} outer steps" if saved > 0 else "never (no speed-up)"
+        lines.append(f"- {r['family']} {r['estimator']} {r['arch']} B={r['B']} K={r['K']}: "
+                     f"{e['meta_cpu']:.0f} → {r['meta_cpu']:.0f} task-steps/s, compile {r['compile_s']:.0f} CPU s, "
+                     f"pays {pays} (per new shape)")  # fmt: skip
+    if lines:
+        print("\nCompile break-even (CPU time of this process; inductor's compile workers not counted):")
+        print("\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------
