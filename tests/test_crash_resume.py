@@ -1,5 +1,6 @@
 """Crash safety: a meta-training process killed with SIGKILL mid-run resumes from its last checkpoint
-and ends bitwise identical to a run that was never interrupted."""
+and ends bitwise identical to a run that was never interrupted (truncated backprop, PES, and PES with
+compiled truncations)."""
 
 import os
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from l2o import checkpoints
@@ -29,9 +31,19 @@ def _saved_step(run) -> int:
     return checkpoints.read_tensors(run / "train_state.safetensors")[1]["step"]
 
 
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # truncated backprop (the differentiable truncation)
+        ["estimator=pes"],  # forward-only truncations
+        ["estimator=pes", 'optimizer="adam"', "optimizer_args={}", "compile=true"],  # compiled steps
+    ],
+    ids=["tbptt", "pes", "pes-compiled"],
+)
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, extra):
+    overrides = OVERRIDES + extra
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "l2o.cli", "meta-train", "--out", str(run), "--quiet", *OVERRIDES]
+    cmd = [sys.executable, "-m", "l2o.cli", "meta-train", "--out", str(run), "--quiet", *overrides]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
@@ -47,12 +59,12 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     killed_at = _saved_step(run)
-    cfg = load_config(None, OVERRIDES)
+    cfg = load_config(None, overrides)
     assert 6 <= killed_at < cfg.outer_steps  # it really died mid-run
 
     # Resume (a shorter total keeps the test quick; outer_steps may change on resume) ...
     total = killed_at + 6
-    short = load_config(None, OVERRIDES + [f"outer_steps={total}"])
+    short = load_config(None, overrides + [f"outer_steps={total}"])
     resumed = MetaTrainer(short, run, resume=True, progress=False)
     assert resumed.step == killed_at
     resumed.train()

@@ -8,7 +8,8 @@ from l2o.meta_train.config import Config, load_config
 from l2o.meta_train.estimators import ESTIMATORS, PES, TruncatedBackprop, TruncatedES, build_estimator
 from l2o.meta_train.schedules import HorizonSchedule
 from l2o.meta_train.trainer import MetaTrainer, meta_train
-from l2o.meta_train.unroll import TaskGroup, batched_unroll, make_unroll, meta_loss
+from l2o.meta_train.task_group import TaskGroup
+from l2o.meta_train.unroll import batched_unroll, make_unroll, meta_loss
 
 __all__ = [
     "Config",

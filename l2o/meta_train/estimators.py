@@ -31,7 +31,8 @@ from torch import Tensor
 
 from l2o.errors import ConfigError
 from l2o.meta_train.distributed import LOCAL, Collective
-from l2o.meta_train.unroll import TaskGroup, meta_loss
+from l2o.meta_train.task_group import TaskGroup
+from l2o.meta_train.unroll import meta_loss
 from l2o.optimizers.base import MetaParams
 
 _NOISE_STREAM = 103  # TaskGroup.rng(_NOISE_STREAM): the ε of a group's current truncation

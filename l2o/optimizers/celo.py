@@ -54,7 +54,7 @@ from l2o.optimizers.features import (
     stack_full,
     time_features,
 )
-from l2o.optimizers.nets import check_init, init_mlp, layers_from, mlp_sizes
+from l2o.optimizers.nets import _elementwise_layer, check_init, init_mlp, layers_from, mlp_sizes
 from l2o.optimizers import transforms as T
 
 CELO_MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
@@ -110,8 +110,13 @@ def _mlp_direction(feats, layers, shape) -> Tensor:
     """The MLP's one output for every coordinate; the features' per-tensor RMS normalization is folded
     into the first weight matrix."""
     w0, b0 = layers[0]
-    h = stack_full(feats, shape)
     layers = [(w0 * rms_scales(feats)[:, None], b0), *layers[1:]]
+    if torch.compiler.is_compiling():  # as elementwise sums inductor fuses features and MLP (2× faster)
+        h = list(feats)
+        for i, (w, b) in enumerate(layers):
+            h = _elementwise_layer(h, w, b, relu=i < len(layers) - 1)
+        return h[0].expand(shape)
+    h = stack_full(feats, shape)
     for i, (w, b) in enumerate(layers):
         h = h @ w + b
         if i < len(layers) - 1:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from l2o.optimizers.base import MetaParams, Params, State, bias_corrected, safe_sqrt
+from l2o.optimizers.coordinatewise import chunk_coordinates
 from l2o.optimizers.learned import AdamStep, LearnedArchitecture, LearnedRule
 from l2o.optimizers.nets import linear_init, lstm_cell
 from l2o.tree import cat_rows, flatten, split_rows, unflatten, zeros_like_tree
@@ -102,6 +103,7 @@ class LSTMRule(LearnedRule):
         x = torch.stack([g / s_hat, bias_corrected(m, b1, t) / s_hat], dim=-1)
         return x, {"m": m, "v": v}
 
+    @chunk_coordinates  # at inference on many coordinates: in cache-sized chunks (coordinatewise.py)
     def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         t = state["t"] + 1
         g = flatten(grads)

@@ -56,6 +56,7 @@ Init (`init`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Dict, List, Optional, Tuple
 
@@ -64,6 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2o.optimizers.base import MetaParams, Params, State
+from l2o.optimizers.coordinatewise import CHUNK, eager_inference, rows_in_chunks, softmax_last
 from l2o.optimizers.features import (
     ACCUMULATORS,
     TIME_SCALES,
@@ -128,7 +130,8 @@ def _attention(x: Tensor, key_bias: Tensor, meta: MetaParams, prefix: str, heads
     k = split(x @ meta[f"{prefix}.k.w"] + meta[f"{prefix}.k.b"])
     v = split(x @ meta[f"{prefix}.v.w"] + meta[f"{prefix}.v.b"])
     logits = q @ k.transpose(-1, -2) / math.sqrt(dh) + key_bias[:, None, None, :]
-    out = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(nb, b, e)
+    weights = softmax_last(logits) if eager_inference() else torch.softmax(logits, dim=-1)
+    out = (weights @ v).transpose(1, 2).reshape(nb, b, e)
     return out @ meta[f"{prefix}.o.w"] + meta[f"{prefix}.o.b"]
 
 
@@ -218,6 +221,26 @@ class TransformerBFGSRule(LearnedRule):
             x = x + h @ meta[f"{pre}.ffn2.w"] + meta[f"{pre}.ffn2.b"]
         return _layer_norm(x, meta, "final_ln")
 
+    def _block_step(self, meta, t, inputs, mask, adam, s_hat, y_hat, B_prev) -> Tuple[Tensor, Tensor]:
+        """The network and the preconditioner update, block by block: (new B, step) per block."""
+        w_embed = meta["embed.w"]
+        bias = meta["embed.b"] + time_features(t) @ w_embed[self.n_inputs :]
+        x = self._encode(meta, inputs @ w_embed[: self.n_inputs] + bias, mask)
+        coord = (x @ meta["head.coord.w"] + meta["head.coord.b"]) * mask[..., None]
+        d, u_head, w_head = coord.unbind(-1)
+        pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        a, gate_logit = (pooled @ meta["head.block.w"] + meta["head.block.b"]).unbind(-1)
+        if adam is not None:
+            d = d + adam
+        u, w = s_hat + u_head, y_hat + w_head
+        gate = meta["gate"]
+        gate = gate + (gate.clamp(0, 1) - gate).detach()  # straight-through clamp (module docstring)
+        rho_scale = torch.sigmoid(gate_logit) * gate
+
+        B = spd_update(B_prev, u, w, rho_scale, self.curvature_floor, self.identity_mix)
+        delta = -torch.exp(meta["log_lr"] + a)[:, None] * (B @ d.unsqueeze(-1)).squeeze(-1)
+        return B, delta
+
     def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         fs, b = self.features, self.block_size
         ref = next(iter(params.values()))
@@ -245,25 +268,18 @@ class TransformerBFGSRule(LearnedRule):
             secant.append((to_blocks(unit_rms(state["s"][name].reshape(-1)), b), to_blocks(unit_rms(y.reshape(-1)), b)))
             clipped[name] = g
         counts = [x.shape[0] for x in inputs]
-        mask = torch.cat(masks)  # (NB, b)
-
-        w_embed = meta["embed.w"]
-        bias = meta["embed.b"] + time_features(t) @ w_embed[self.n_inputs :]
-        x = self._encode(meta, torch.cat(inputs) @ w_embed[: self.n_inputs] + bias, mask)
-        coord = (x @ meta["head.coord.w"] + meta["head.coord.b"]) * mask[..., None]
-        d, u_head, w_head = coord.unbind(-1)
-        pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        a, gate_logit = (pooled @ meta["head.block.w"] + meta["head.block.b"]).unbind(-1)
-        if base is not None:
-            d = d + torch.cat(adam)
-        u = torch.cat([s_hat for s_hat, _ in secant]) + u_head
-        w = torch.cat([y_hat for _, y_hat in secant]) + w_head
-        gate = meta["gate"]
-        gate = gate + (gate.clamp(0, 1) - gate).detach()  # straight-through clamp (module docstring)
-        rho_scale = torch.sigmoid(gate_logit) * gate
-
-        B = spd_update(torch.cat([state["B"][n] for n in names]), u, w, rho_scale, self.curvature_floor, self.identity_mix)
-        delta = -torch.exp(meta["log_lr"] + a)[:, None] * (B @ d.unsqueeze(-1)).squeeze(-1)
+        blocks = (
+            torch.cat(inputs),
+            torch.cat(masks),  # (NB, b)
+            torch.cat(adam) if base is not None else None,
+            torch.cat([s_hat for s_hat, _ in secant]),
+            torch.cat([y_hat for _, y_hat in secant]),
+            torch.cat([state["B"][n] for n in names]),
+        )
+        if eager_inference():  # every block is independent from here on: in cache-sized chunks
+            B, delta = rows_in_chunks(functools.partial(self._block_step, meta, t), blocks, CHUNK // b)
+        else:
+            B, delta = self._block_step(meta, t, *blocks)
 
         updates: Params = {}
         new_state: State = {"t": t, **{k: {} for k in ("B", "s", "g_prev", *ACCUMULATORS)}}

@@ -159,15 +159,18 @@ class TaskBatch:
     def contexts(self, horizon: Optional[int] = None) -> Dict[str, Tensor]:
         return self._to_device(stack_trees([t.optimizer_context(horizon) for t in self.tasks]))
 
-    def batches(self, steps: Sequence[int], k: int) -> Batch:
+    def batches(self, steps: Sequence[int], k: int, step_major: bool = False) -> Batch:
+        """(B, k, ...) data, or (k, B, ...) with `step_major` (each step's slice then contiguous)."""
         if all(t.sampler is not None for t in self.tasks):
-            return stacked_minibatches([t.sampler for t in self.tasks], steps, k, self.device)
+            return stacked_minibatches([t.sampler for t in self.tasks], steps, k, self.device, step_major)
         if all(t.static_batch for t in self.tasks):
             # The same data at every step: a stride-0 view over k instead of k copies.
             once = self._to_device(stack_trees([t.batch(0) for t in self.tasks]))
-            return {key: v.unsqueeze(1).expand(v.shape[0], k, *v.shape[1:]) for key, v in once.items()}
+            dim = 0 if step_major else 1
+            return {key: v.unsqueeze(dim).expand(*v.shape[:dim], k, *v.shape[dim:]) for key, v in once.items()}
         per_task = [stack_trees([t.batch(s + j) for j in range(k)]) for t, s in zip(self.tasks, steps)]
-        return self._to_device(stack_trees(per_task))
+        stacked = self._to_device(stack_trees(per_task))
+        return {key: v.transpose(0, 1).contiguous() for key, v in stacked.items()} if step_major else stacked
 
     def evaluation_batches(self) -> Batch:
         if all(t.eval_batch is None and t.sampler is not None for t in self.tasks):

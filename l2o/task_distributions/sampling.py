@@ -77,20 +77,26 @@ class MinibatchSampler:
 
 
 def stacked_minibatches(
-    samplers: Sequence[MinibatchSampler], steps: Sequence[int], k: int, device: str | torch.device
+    samplers: Sequence[MinibatchSampler],
+    steps: Sequence[int],
+    k: int,
+    device: str | torch.device,
+    step_major: bool = False,
 ) -> Batch:
-    """(B, k, batch_size, ...) minibatches: sampler i at steps[i] .. steps[i]+k-1, on `device`.
+    """(B, k, batch_size, ...) minibatches: sampler i at steps[i] .. steps[i]+k-1, on `device`;
+    (k, B, batch_size, ...) with `step_major`.
 
-    Samplers over the same `TensorData` are served by one gather on its device copy.
+    Samplers over the same `TensorData` are served by one gather, from one index tensor, on its
+    device copy.
     """
     if len({s.batch_size for s in samplers}) != 1:
         raise ValueError("samplers stacked in one batch must share their batch size")
-    idx = torch.stack([s.indices(range(t, t + k)) for s, t in zip(samplers, steps)])
+    idx = torch.stack([s.indices(range(t, t + k)) for s, t in zip(samplers, steps)], dim=1 if step_major else 0)
     data = samplers[0].data
     if all(s.data is data for s in samplers):
         return data.take(idx, device)
-    per_task = [s.data.take(i, device) for s, i in zip(samplers, idx)]
-    return {key: torch.stack([b[key] for b in per_task]) for key in per_task[0]}
+    per_task = [s.data.take(idx[:, i] if step_major else idx[i], device) for i, s in enumerate(samplers)]
+    return {key: torch.stack([b[key] for b in per_task], dim=1 if step_major else 0) for key in per_task[0]}
 
 
 def shared_evaluation_batch(samplers: Sequence[MinibatchSampler], device: str | torch.device) -> Optional[Batch]:
