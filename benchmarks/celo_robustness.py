@@ -8,6 +8,10 @@
    on training tasks of the same family (`l2o.evaluate.tune_lr`).
 
 Usage: python benchmarks/celo_robustness.py --checkpoint celo [--checkpoint celo-base] [--out FILE.json]
+       [--lr-multiplier 0.3] [--families digits_cnn8x16_relu,mnist1d_cnn8x16_relu] [--large-steps 0]
+
+`--lr-multiplier m` runs the learned optimizers at m × their learned step size (as
+`LearnedOptimizer(..., lr=m)` does).
 """
 
 from __future__ import annotations
@@ -33,9 +37,21 @@ def _geomean(values) -> float:
     return float(values.clamp_min(1e-30).log().mean().exp()) if torch.isfinite(values).all() else math.nan
 
 
-def long_runs(lopt, meta, steps: int, tasks: int):
+def _scaled_step(meta, multiplier: float):
+    """The meta-parameters with the learned step size multiplied (its `log_lr` shifted)."""
+    if multiplier == 1.0:
+        return meta
+    keys = [k for k in meta if k.endswith("log_lr")]
+    if not keys:
+        raise SystemExit("--lr-multiplier: this optimizer has no learned log_lr")
+    return {k: v + math.log(multiplier) if k in keys else v for k, v in meta.items()}
+
+
+def long_runs(lopt, meta, steps: int, tasks: int, families=None):
     rows = {}
     for family in get_suite("ood").families:
+        if families and family.name not in families:
+            continue
         sample = family.sample_many("ood", range(tasks))
         curves = run_curves(lopt, meta, sample, steps, horizon=steps).curves
         rows[family.name] = {
@@ -70,17 +86,20 @@ def main() -> None:
     p.add_argument("--long-tasks", type=int, default=2)
     p.add_argument("--large-steps", type=int, default=300)
     p.add_argument("--large-tasks", type=int, default=2)
+    p.add_argument("--lr-multiplier", type=float, default=1.0)
+    p.add_argument("--families", help="comma-separated ood families for the long runs (default: all)")
     p.add_argument("--out")
     args = p.parse_args()
     torch.set_num_threads(1)
     learned = {}
     for name in args.checkpoint:
         lopt, meta, _ = checkpoints.load(name)
-        learned[name] = (lopt, meta)
-    results = {"large": large_task(learned, args.large_steps, args.large_tasks), "long": {}}
+        learned[name] = (lopt, _scaled_step(meta, args.lr_multiplier))
+    results = {"large": large_task(learned, args.large_steps, args.large_tasks) if args.large_steps else {}, "long": {}}
+    families = args.families.split(",") if args.families else None
     for name, (lopt, meta) in learned.items():
-        print(f"{name}: {args.long_steps} steps on ood", flush=True)
-        results["long"][name] = long_runs(lopt, meta, args.long_steps, args.long_tasks)
+        print(f"{name} (lr × {args.lr_multiplier:g}): {args.long_steps} steps on ood", flush=True)
+        results["long"][name] = long_runs(lopt, meta, args.long_steps, args.long_tasks, families)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
