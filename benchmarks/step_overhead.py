@@ -16,9 +16,17 @@ a 1024² product with the same threads. The 1e4 → 1e6 scaling column is t(1e6)
     python benchmarks/step_overhead.py --sizes 1e4 --only mlp,adam --compile ""   # smoke run
 
 Every row's "× Adam" pairs each timed step with an Adam step taken just before it, and the ≤ 3×
-target is also checked over more rounds with Adam and the fused optimizers stepping in turn
+target is also checked over more rounds with Adam, AdamW and the fused optimizers stepping in turn
 (--interleave): on a shared machine, other tenants slow compute-bound code more than memory-bound
-Adam, so ratios of times taken minutes apart differ by ±30%.
+Adam, so ratios of times taken minutes apart differ by ±30%. `celo`'s Newton–Schulz iteration on a
+d×d matrix (`transforms.newton_schulz`, what its step runs on each matrix) is timed alone in the same
+rounds, so its share of a celo step is measured rather than estimated. `--layout flat` times one
+flat vector of N parameters instead of a d×d weight + d bias; `--nan-check-ab` also times each
+interleaved optimizer with the adapter's own non-finite check forced on (`nan-check` rows: what a
+step cost before the kernel's first pass did that check).
+
+    python benchmarks/step_overhead.py --sizes 1e6 --only celo-base,celo --functional "" --compile "" \
+        --interleave mlp,celo-base,celo --layout flat      # the celo target check
 
 Writes benchmarks/results/step_overhead.md and step_overhead.json.
 """
@@ -46,10 +54,16 @@ HORIZON = 10_000  # num_steps for architectures that condition on training progr
 CONTEXT = {"ntk_gd": {"smoothness": 1.0}}
 
 
+LAYOUT = "square"  # "square": a d×d weight and a d bias (d = sqrt(N)); "flat": one vector of N
+
+
 def make_params(n: int) -> List[torch.nn.Parameter]:
     d = max(1, round(math.sqrt(n)))
     gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(d, d, generator=gen) / d), torch.nn.Parameter(torch.zeros(d))]
+    if LAYOUT == "flat":
+        params = [torch.nn.Parameter(torch.randn(n, generator=gen) / d)]
+    else:
+        params = [torch.nn.Parameter(torch.randn(d, d, generator=gen) / d), torch.nn.Parameter(torch.zeros(d))]
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen) * 0.01
     return params
@@ -60,6 +74,8 @@ def make_optimizer(name: str, params, mode: str) -> torch.optim.Optimizer:
     or "compiled" (the functional step under torch.compile)."""
     if name == "torch.Adam":
         return torch.optim.Adam(params, lr=1e-3, foreach=True)
+    if name == "torch.AdamW":
+        return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=True)
     if name == "lodo":
         return l2o.LODO(params)
     lopt = optimizers.build(name)
@@ -103,16 +119,43 @@ def time_steps(opt: torch.optim.Optimizer, warmup: int, repeats: int, adam: Opti
     return row
 
 
-def interleaved(n: int, names: List[str], warmup: int, rounds: int) -> Dict:
-    """The ≤ 3× target, measured fairly on a shared machine: Adam and each optimizer step in turn,
-    round after round, so all see the same load (other tenants slow compute-bound code more than
-    memory-bound Adam). Per optimizer: min and median step time, and the median over rounds of its
-    time divided by Adam's time in the same round."""
+class _AdapterCheckForced(l2o.LearnedOptimizer):
+    """The adapter with its own non-finite gradient check on every step (as before the fused
+    kernel's first pass did it): the `nan-check` rows' A/B."""
+
+    def _fused_applies(self, params, grads, state):
+        applies = super()._fused_applies(params, grads, state)
+        if applies:
+            self._contain(params, grads)
+        return applies
+
+
+def newton_schulz_step(n: int) -> Callable[[], object]:
+    """celo's Newton–Schulz on the d×d direction of a step (its matrix branch's matmuls alone)."""
+    from l2o.optimizers.transforms import newton_schulz
+
+    d = max(1, round(math.sqrt(n)))
+    x = torch.randn(d, d, generator=torch.Generator().manual_seed(0))
+    return lambda: newton_schulz(x, optimizers.build("celo").ns_steps)
+
+
+def interleaved(n: int, names: List[str], warmup: int, rounds: int, nan_check: bool = False) -> Dict:
+    """The ≤ 3× target, measured fairly on a shared machine: Adam, AdamW and each optimizer step in
+    turn, round after round, so all see the same load (other tenants slow compute-bound code more
+    than memory-bound Adam). Per optimizer: min and median step time, and the median over rounds of
+    its time divided by Adam's and by AdamW's time in the same round."""
     steps = {}
-    for name in ["torch.Adam"] + names:
+    for name in ["torch.Adam", "torch.AdamW"] + names:
         steps[name] = stepper(make_optimizer(name, make_params(n), ""))
+        if nan_check and name in names:
+            lopt = optimizers.build(name)
+            forced = _AdapterCheckForced(make_params(n), optimizer=lopt, num_steps=HORIZON, context=CONTEXT.get(name))
+            steps[f"{name} (nan-check)"] = stepper(forced)
+        if name == "celo" and LAYOUT != "flat":
+            steps["celo: Newton–Schulz alone"] = newton_schulz_step(n)
+    for step in steps.values():
         for _ in range(warmup):
-            steps[name]()
+            step()
     times: Dict[str, List[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
@@ -122,7 +165,13 @@ def interleaved(n: int, names: List[str], warmup: int, rounds: int) -> Dict:
     out = {}
     for name, ts in times.items():
         ratios = [t / a for t, a in zip(ts, times["torch.Adam"])]
+        ratios_w = [t / a for t, a in zip(ts, times["torch.AdamW"])]
         out[name] = {"ms": min(ts), "ms_median": statistics.median(ts), "ratio_median": statistics.median(ratios)}
+        out[name]["ratio_adamw_median"] = statistics.median(ratios_w)
+    for name in names:  # the A/B of the adapter's own check, paired round by round
+        if f"{name} (nan-check)" in times:
+            pairs = zip(times[f"{name} (nan-check)"], times[name])
+            out[name]["nan_check_saving_median"] = statistics.median(1 - t / c for c, t in pairs)
     return out
 
 
@@ -224,15 +273,21 @@ def markdown(results: Dict, command: str) -> str:
         adam = check["rows"]["torch.Adam"]
         lines += [
             "",
-            f"## Target check: Adam and the fused optimizers interleaved, N={check['n']:.0e}, {check['rounds']} rounds",
+            f"## Target check: Adam, AdamW and the fused optimizers interleaved, N={check['n']:.0e} "
+            f"({check.get('layout', 'square')}), {check['rounds']} rounds",
             "",
-            "| optimizer | min ms | median ms | min / Adam's min | median over rounds of (time / Adam's time that round) |",
-            "|---|---|---|---|---|",
+            "| optimizer | min ms | median ms | min / Adam's min | median over rounds of (time / Adam's time that round) | ... / AdamW's |",
+            "|---|---|---|---|---|---|",
         ]
         for name, row in check["rows"].items():
             lines.append(
-                f"| {name} | {row['ms']:.3g} | {row['ms_median']:.3g} | {row['ms'] / adam['ms']:.2f}× | {row['ratio_median']:.2f}× |"
+                f"| {name} | {row['ms']:.3g} | {row['ms_median']:.3g} | {row['ms'] / adam['ms']:.2f}× | {row['ratio_median']:.2f}× "
+                f"| {row['ratio_adamw_median']:.2f}× |"
             )
+        savings = {name: row["nan_check_saving_median"] for name, row in check["rows"].items() if "nan_check_saving_median" in row}
+        if savings:
+            lines += ["", "Step time saved by the kernel's non-finite check (median over rounds of 1 - fused / nan-check): "
+                      + ", ".join(f"{name} {value:.1%}" for name, value in savings.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -247,8 +302,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--interleave", default="mlp,velo", help="optimizers timed in turn with Adam at the largest size")
     parser.add_argument("--rounds", type=int, default=60, help="rounds of the interleaved target check")
+    parser.add_argument("--layout", default="square", choices=["square", "flat"], help="d×d weight + d bias, or one flat vector")
+    parser.add_argument("--nan-check-ab", action="store_true", help="interleave each optimizer with the adapter's own check forced on")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step_overhead.md"))
     args = parser.parse_args(argv)
+    global LAYOUT
+    LAYOUT = args.layout
     torch.set_num_threads(args.threads)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     names = [n for n in (args.only.split(",") if args.only else optimizers.names()) if n != "torch.Adam"]
@@ -257,8 +316,8 @@ def main(argv=None):
     results = run(sizes, names, functional, compiled, args.warmup, args.repeats, lambda msg: print(msg, flush=True))
     check = [n for n in args.interleave.split(",") if n]
     if check:
-        rows = interleaved(max(sizes), check, args.warmup, args.rounds)
-        results["interleaved"] = {"n": max(sizes), "rounds": args.rounds, "rows": rows}
+        rows = interleaved(max(sizes), check, args.warmup, args.rounds, args.nan_check_ab)
+        results["interleaved"] = {"n": max(sizes), "rounds": args.rounds, "rows": rows, "layout": LAYOUT}
         print(f"interleaved N={max(sizes):.0e}: {rows}", flush=True)
     import sys
 

@@ -19,7 +19,10 @@ and its first write is seen.
 Non-finite gradient entries are contained here, once for every architecture: such an entry enters
 the step as a zero gradient and its parameter is left unchanged, so one NaN cannot spread through
 per-tensor normalizations, cross-tensor features or a shared preconditioner. The entries are
-counted (`nonfinite_grads`) and the first occurrence warns. Finite gradients pay one sum per tensor.
+counted (`nonfinite_grads`) and the first occurrence warns. Finite gradients pay one sum per tensor,
+except on the fused kernel's path without weight decay: its first pass reads every gradient anyway
+and says whether one had such an entry, and only then is that gradient contained (and its pass
+redone; it writes nothing), which is the same step.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         num_steps: planned number of steps, for architectures that condition on training progress
             (passed to the optimizer as context["horizon"]).
         context: other per-problem constants an architecture reads (e.g. {"smoothness": L}).
-        fused: run architectures that have a fused CPU kernel (`mlp`, `velo`; `l2o.optimizers.fused`)
+        fused: run architectures that have a fused CPU kernel (`mlp`, `velo`, `celo`, `celo-base`;
+            `l2o.optimizers.fused`)
             through it, updating parameters and state in place: None (default) when it applies
             (float32 CPU tensors) and builds on this machine, else the functional step; True to
             require it (errors instead of falling back); False for the functional step always.
@@ -131,7 +135,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.meta = {k: v.detach() for k, v in meta.items()}
         self.nonfinite_grads = 0  # gradient entries contained so far (see the module doc)
         if fused and not lopt.has_fused_step:
-            raise ValueError(f"{lopt.name} has no fused kernel (fused=True needs mlp or velo)")
+            raise ValueError(f"{lopt.name} has no fused kernel (fused=True needs mlp, velo, celo or celo-base)")
         if fused and lopt.fused_unsupported():
             from l2o.optimizers.fused import FusedUnavailable
 
@@ -162,6 +166,21 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _contain(self, params: Dict[str, Tensor], grads: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Contained]:
         grads, found = contain_nonfinite(params, grads)
+        self._count_contained(found, stacklevel=4)
+        return grads, found
+
+    def _container(self, params: Dict[str, Tensor], found: Contained):
+        """`contain` for a fused step: contains one gradient the kernel found non-finite entries in,
+        recording into `found` what `restore` needs."""
+
+        def contain(name: str, g: Tensor) -> Tensor:
+            grads, mine = contain_nonfinite({name: params[name]}, {name: g})
+            found.update(mine)
+            return grads[name]
+
+        return contain
+
+    def _count_contained(self, found: Contained, stacklevel: int = 3) -> None:
         if found:
             count = sum(int(bad.sum()) for bad, _ in found.values())
             if not self.nonfinite_grads:
@@ -169,10 +188,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__}: {count} non-finite gradient entries; each gets a zero update and its "
                     "gradient counts as zero (counted in .nonfinite_grads; this warning is shown once)",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=stacklevel,
                 )
             self.nonfinite_grads += count
-        return grads, found
 
     def _warn_past_horizon(self, num_steps: int, checkpoint) -> None:
         """Warn (once per checkpoint and process) when `num_steps` is far past the horizon the
@@ -280,16 +298,25 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{self.lopt.name} reads the loss: call step(closure) or step(loss=loss)")
         _refuse_momentum(self)
         params = {n: p for n, (p, _) in active.items()}
-        grads, contained = self._contain(params, {n: p.grad for n, (p, _) in active.items()})
+        grads = {n: p.grad for n, (p, _) in active.items()}
         ref = next(iter(params.values()))
         meta = self._meta_for(ref)
         state = self._ensure_state(meta, params)
         loss_t = None if loss is None else torch.as_tensor(loss.detach() if torch.is_tensor(loss) else loss).to(ref)
         part = state_subset(state, params)
         lrs = {name: float(group["lr"]) for name, (_, group) in active.items()}  # the one read of each lr
+        fused_path = self._fused_applies(params, grads, part)
+        # The fused kernel finds non-finite entries itself (module doc); weight decay comes first and
+        # would change the values `restore` keeps, so with it the check stays here.
+        contained: Contained = {}
+        kernel_checks = fused_path and not any(group.get("weight_decay") for _, group in active.values())
+        if not kernel_checks:
+            grads, contained = self._contain(params, grads)
         self._decay_weights(active, lrs, meta, part)
-        if self._fused_applies(params, grads, part):
-            new_part = self.lopt.fused_step(meta, params, grads, part, loss_t, scale=lrs)
+        if fused_path:
+            contain = self._container(params, contained) if kernel_checks else None
+            new_part = self.lopt.fused_step(meta, params, grads, part, loss_t, scale=lrs, contain=contain)
+            self._count_contained(contained)
             for p in params.values():
                 torch.autograd.graph.increment_version(p)  # the kernel wrote p through its pointer
         else:

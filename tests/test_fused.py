@@ -38,6 +38,11 @@ CASES = [
     ("mlp", {"momentum_decays": (0.5, 0.9, 0.99, 0.999), "adafactor_decays": (0.9,)}),
     ("velo", {}),
     ("velo", {"init": "deterministic"}),
+    ("celo-base", {}),  # Adam (own moments) + the rule, normalized per tensor
+    ("celo-base", {"init": "random"}),
+    ("celo", {}),  # matrices: Nesterov + the rule, Newton–Schulz; vectors: AdamW
+    ("celo", {"init": "random", "weight_decay": 0.1}),
+    ("celo-base", {"weight_decay": 0.1, "hidden": 3}),
 ]
 
 
@@ -175,6 +180,47 @@ def test_adapter_fused_by_default_and_equal_to_unfused(arch, lr, monkeypatch):
     for a, b in zip(model_f.parameters(), model_u.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(torch.tensor(losses_f), torch.tensor(losses_u), rtol=1e-4, atol=1e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", ["celo", "celo-base"])
+def test_celo_base_direction_plus_a_trained_rule(name):
+    """The deterministic init's output layer is zero; after meta-training it is not, and the update
+    is base/rms(base) + MLP, normalized (and for celo's matrices orthogonalized) before the step."""
+
+    def train_output_layer(meta):
+        gen = torch.Generator().manual_seed(7)
+        meta["celo.w2"].copy_(torch.randn(meta["celo.w2"].shape, generator=gen))
+        meta["celo.b2"].copy_(torch.randn(meta["celo.b2"].shape, generator=gen))
+
+    _run_both(name, {}, SHAPES, grad_scales=[1e-2, 1.0, 1e-6, 1e4], edit_meta=train_output_layer)
+
+
+@needs_kernel
+@pytest.mark.parametrize("arch", ["celo", "celo-base"])
+def test_celo_adapter_fused_by_default_and_equal_to_unfused(arch, monkeypatch):
+    calls = []
+    real = fused.apply
+    monkeypatch.setattr(fused, "apply", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model_f, _, losses_f = _train(None, lr=0.5, arch=arch)
+    assert calls, "the adapter did not use the fused kernel by default"
+    model_u, _, losses_u = _train(False, lr=0.5, arch=arch)
+    for a, b in zip(model_f.parameters(), model_u.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(losses_f), torch.tensor(losses_u), rtol=1e-4, atol=1e-6)
+
+
+@needs_kernel
+def test_the_first_pass_reports_nonfinite_gradient_entries():
+    lopt = build("mlp")
+    p, acc = torch.randn(30, 40), lopt.features.init_state({"w": torch.zeros(30, 40)})
+    consts = fused.constants(lopt.features, lopt.features.decays({}, p))
+    for value in (None, float("nan"), float("inf"), -float("inf"), 3e38):
+        g = torch.randn(30, 40)
+        if value is not None:
+            g[29, 39] = value  # the last entry: a row's last group, past the other lanes
+        tp = fused.plan(lopt.features, consts, p, g, {k: v["w"] for k, v in acc.items()})
+        assert tp.nonfinite == (value is not None and not abs(value) < float("inf")), value
 
 
 @needs_kernel

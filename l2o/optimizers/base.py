@@ -110,11 +110,13 @@ class FunctionalOptimizer(abc.ABC):
         return None
 
     def fused_step(
-        self, meta: MetaParams, params: Params, grads: Params, state: State, loss=None, scale=None
+        self, meta: MetaParams, params: Params, grads: Params, state: State, loss=None, scale=None, contain=None
     ) -> State:
         """Optional (`has_fused_step`): `step` through a fused kernel, for inference. Writes the
         parameters (and the state's tensors) in place and returns the new State; `scale` (name ->
-        factor, default 1) multiplies each tensor's update as in `scale_updates`."""
+        factor, default 1) multiplies each tensor's update as in `scale_updates`; `contain` (name,
+        gradient -> gradient), when given, replaces a gradient the kernel found NaN or inf entries in
+        before it is used (the adapter's containment, `l2o.torch_optim`)."""
         raise NotImplementedError(f"{self.name} has no fused step")
 
     def fused_unsupported(self) -> Optional[str]:

@@ -87,15 +87,20 @@ class CeloRule(FunctionalOptimizer):
     def init_state(self, meta, params, context=None) -> State:
         return {**clock_state(params, context), **self.features.init_state(params)}
 
+    def layers_at(self, meta, t: Tensor, horizon: Tensor):
+        """The MLP at step t: time and progress features are the same for every coordinate, so they
+        enter the first layer as a bias."""
+        layers = layers_from(meta, "celo", self.layers + 1)
+        w0, b0 = layers[0]
+        clock = torch.cat([time_features(t), fraction_features(t, horizon)])
+        layers[0] = (w0[: self.features.size], b0 + clock @ w0[self.features.size :])
+        return layers
+
     def update(self, meta, grads, state, params, loss=None):
         fs = self.features
         ref = next(iter(params.values()))
         decays = fs.decays(meta, ref)
-        layers = layers_from(meta, "celo", self.layers + 1)
-        w0, b0 = layers[0]
-        # Time and progress features are the same for every coordinate: a bias of the first layer.
-        clock = torch.cat([time_features(state["t"] + 1), fraction_features(state["t"] + 1, state["horizon"])])
-        layers[0] = (w0[: fs.size], b0 + clock @ w0[fs.size :])
+        layers = self.layers_at(meta, state["t"] + 1, state["horizon"])
         directions: Params = {}
         new_state: State = {"t": state["t"] + 1, "horizon": state["horizon"], **{k: {} for k in ACCUMULATORS}}
         for name, p in params.items():
@@ -158,6 +163,17 @@ class Celo(T.Composed):
     adam_betas: Tuple[float, float] = (0.9, 0.95)  # the harness's AdamW for vectors
     ns_steps: int = 5
     vector_names: Tuple[str, ...] = VECTOR_NAMES
+    has_fused_step = True  # celo_fused.py: the rule through the fused CPU kernel, for inference
+
+    def fused_unsupported(self) -> Optional[str]:
+        from l2o.optimizers import celo_fused
+
+        return celo_fused.unsupported(self)
+
+    def fused_step(self, meta, params, grads, state, loss=None, scale=None, contain=None) -> State:
+        from l2o.optimizers import celo_fused
+
+        return celo_fused.fused_step(self, meta, params, grads, state, scale, contain)
 
     def validate(self):
         check_init("celo", self.init)

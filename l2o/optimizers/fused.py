@@ -1,4 +1,4 @@
-"""Fused CPU inference path of the per-parameter MLP optimizers (`mlp`, `velo`).
+"""Fused CPU inference path of the per-parameter MLP optimizers (`mlp`, `velo`, `celo`, `celo-base`).
 
 Why: the functional step is a few dozen tensor ops per parameter tensor, each a pass over memory
 (and under `torch.compile` still several loops with materialized temporaries), so at 1e6 parameters
@@ -11,6 +11,15 @@ writes the parameters and accumulators in place. Each tensor costs two calls int
 layer) happens inside those calls, so the per-tensor overhead is tens of microseconds. VeLO adds
 one call per step between the passes, `csrc/velo_tensor_level.cpp`: its loss features, per-tensor
 LSTM and hypernetwork for all tensors at once (as ~70 small torch ops they cost ~1 ms a step).
+Celo's rule has the same features and MLP, but its output is normalized per tensor (and, for
+`celo`'s matrices, orthogonalized) before the step, and added to a base direction with state of
+its own (Adam's moments, or Nesterov momentum): `apply` can write the update to a buffer and return
+its sum of squares instead of stepping p, and both passes compute such a base direction
+(`BaseDirection`) alongside the features.
+
+The first pass also says whether any gradient entry was NaN or ±inf (`TensorPlan.nonfinite`): the
+`torch.optim` adapter's containment of such entries (a zero gradient, the parameter unchanged) then
+needs no pass of its own on the fused path (`plan_contained`).
 
 It is inference only (no autograd, float32 CPU tensors); meta-training keeps the pure functional
 step, which stays the reference: tests check that both give the same parameters and state.
@@ -44,7 +53,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -69,7 +78,7 @@ class FusedUnavailable(RuntimeError):
 
 
 class KernelUnavailableWarning(UserWarning):
-    """The fused kernel is missing here, so `mlp`/`velo` steps take the (much slower) functional path."""
+    """The fused kernel is missing here, so `mlp`/`velo`/`celo` steps take the (much slower) functional path."""
 
 
 def _compile_flags() -> List[str]:
@@ -207,7 +216,7 @@ def kernels():
                 _EXTENSION, _UNAVAILABLE = _build()
             if _UNAVAILABLE and not opted_out:
                 warnings.warn(
-                    f"l2o: no fused CPU kernel for the mlp/velo optimizers: {_UNAVAILABLE}. {FALLBACK_COST}. "
+                    f"l2o: no fused CPU kernel for the mlp, velo and celo optimizers: {_UNAVAILABLE}. {FALLBACK_COST}. "
                     f"Set {OPT_OUT}=1 to use the functional step without this warning.",
                     KernelUnavailableWarning,
                     stacklevel=2,
@@ -307,6 +316,31 @@ def constants(fs: FeatureSet, decays: Decays) -> Constants:
     return Constants(scalars, tuple(decays.adafactor.tolist()), fs.grad_clip)
 
 
+@dataclasses.dataclass(frozen=True)
+class BaseDirection:
+    """A base direction with state of its own, computed by the kernel from the raw gradient in both
+    passes (csrc: make_base): `adam_base` (transforms.ScaleByAdam) or `nesterov_base`
+    (transforms.TraceMomentum(nesterov=True)). `apply` writes its new state in place."""
+
+    kind: int
+    state: Tuple[Tensor, ...]
+    consts: Tuple[float, ...]
+
+
+NO_BASE = BaseDirection(0, (), ())
+
+
+def adam_base(m: Tensor, v: Tensor, b1: float, b2: float, t: float, eps: float) -> BaseDirection:
+    """Adam's direction m̂/(sqrt(v̂)+eps) with its own moments m, v after t ≥ 1 steps; bias
+    corrections in float64, as ScaleByAdam computes them."""
+    return BaseDirection(1, (m, v), (b1, b2, 1 - b1**t, math.sqrt(1 - b2**t), eps))
+
+
+def nesterov_base(buf: Tensor, decay: float) -> BaseDirection:
+    """Nesterov momentum g + β·buf with buf ← β·buf + g."""
+    return BaseDirection(2, (buf,), (decay,))
+
+
 @dataclasses.dataclass
 class TensorPlan:
     """What the first pass learned about one tensor, for its architecture to choose the MLP weights."""
@@ -314,13 +348,25 @@ class TensorPlan:
     acc: Dict[str, Tensor]  # the tensor's accumulators, updated in place by `apply`
     fac_row: Tensor  # new Adafactor accumulators (small; replace the old ones)
     fac_col: Tensor
-    row_factor: Tensor  # (A, rows) / (A, cols) flattened rsqrt factors
-    col_factor: Tensor
+    row_factor: Tensor  # (A, rows) / (A, cols) flattened rsqrt factors (per-coordinate row factors:
+    col_factor: Tensor  # the new row accumulators, whose factor is rsqrt(x·row_scale[a]))
+    row_scale: Tensor
     summary: Tensor  # mean squares of the per-coordinate, row and column features, then the stats
     feature_rows: Tuple[List[int], List[int], List[int]]  # `_feature_rows`: full, row, column
     layout: Tuple[Tensor, Tensor, int, int]
     call: tuple  # the arguments both kernel calls share
     small_clip: bool
+    base: BaseDirection = NO_BASE
+
+    @property
+    def base_mean_square(self) -> float:
+        """mean(base²) over the tensor, of the base direction `plan` was given."""
+        return float(self.summary[-2])
+
+    @property
+    def nonfinite(self) -> bool:
+        """Whether the gradient has an entry that is NaN or ±inf."""
+        return bool(self.summary[-1])
 
     @property
     def stats_at(self) -> int:
@@ -341,20 +387,48 @@ def _feature_rows(fs: FeatureSet, small_clip: bool) -> Tuple[List[int], List[int
 
 
 def plan(
-    fs: FeatureSet, consts: Constants, p: Tensor, g: Tensor, acc: Dict[str, Tensor], small_clip: bool = False, stats: bool = False
+    fs: FeatureSet,
+    consts: Constants,
+    p: Tensor,
+    g: Tensor,
+    acc: Dict[str, Tensor],
+    small_clip: bool = False,
+    stats: bool = False,
+    base: BaseDirection = NO_BASE,
+    stop_if_nonfinite: bool = False,
 ) -> TensorPlan:
-    """First pass: the tensor's new Adafactor factors and its feature statistics (nothing written).
+    """First pass: the tensor's new Adafactor accumulators (in place: nothing else reads the old
+    ones) and factors, and its feature statistics.
 
-    `small_clip` adds VeLO's clip(g, ±0.1) feature; `stats` computes its mean |g|, |m_k|, sqrt(rms).
+    `small_clip` adds VeLO's clip(g, ±0.1) feature; `stats` computes its mean |g|, |m_k|, sqrt(rms);
+    `base`'s mean square is reduced too. With `stop_if_nonfinite`, a NaN or inf entry in g ends
+    the pass before anything is written, and only `nonfinite` of the plan is meaningful.
     """
     d_row, layout = _layout_of(tuple(p.shape))
     call = (p, g, acc["m"], acc["rms"], acc["fac_m"])
-    fac_row, fac_col, row_factor, col_factor, summary = _kernels().plan_tensor(
+    fac_row, fac_col, row_factor, col_factor, summary, row_scale = _kernels().plan_tensor(
         *call, acc["fac_row"], acc["fac_col"], *layout, d_row,
         consts.decays, consts.adafactor, consts.clip, ADAFACTOR_EPS, small_clip, stats,
+        base.kind, list(base.state), list(base.consts), stop_if_nonfinite,
     )
     feature_rows = _feature_rows(fs, small_clip)
-    return TensorPlan(acc, fac_row, fac_col, row_factor, col_factor, summary, feature_rows, layout, call, small_clip)
+    return TensorPlan(acc, fac_row, fac_col, row_factor, col_factor, row_scale, summary, feature_rows, layout, call, small_clip, base)
+
+
+Contain = Callable[[str, Tensor], Tensor]  # (name, gradient) -> the gradient with non-finite entries zeroed
+
+
+def plan_contained(
+    name: str, contain: Optional[Contain], fs: FeatureSet, consts: Constants, p: Tensor, g: Tensor, acc, **options
+) -> TensorPlan:
+    """`plan`, and where its pass found a NaN or inf entry in g and `contain` is given (the adapter's
+    policy: `l2o.torch_optim`), `plan` again with `contain(name, g)` instead: the first pass then
+    stopped before writing anything, so the step is exactly that of the contained gradient. Without
+    `contain`, such entries go through as in the functional step."""
+    tp = plan(fs, consts, p, g, acc, stop_if_nonfinite=contain is not None, **options)
+    if contain is not None and tp.nonfinite:
+        tp = plan(fs, consts, p, contain(name, g), acc, **options)
+    return tp
 
 
 def apply(
@@ -368,22 +442,31 @@ def apply(
     multiplier: float = 1.0,
     which: int = 0,
     norm_eps: float = 1e-5,
-) -> None:
+    out: Optional[Tensor] = None,
+    base_coef: float = 0.0,
+) -> float:
     """Second pass: p ← p - multiplier·exp(exp_mult·μ)·(scale·d [+ lr·m̂/(sqrt(v̂)+eps)]), and the
     accumulators, in place.
 
     `layers` are the per-parameter MLP's (W, b) with the time features already in the first bias,
-    or those of several tensors stacked ((T, in, out), (T, out)), of which this one's is `which`;
-    `adam` = (lr, 1-β1^t, 1-β2^t, eps) for the deterministic init's Adam term.
+    or those of several tensors stacked ((T, in, out), (T, out)), of which this one's is `which`
+    (an output layer with one unit: d alone, μ = 0); `adam` = (lr, 1-β1^t, 1-β2^t, eps) for the
+    deterministic init's Adam term.
+
+    With `out` (a float32 tensor shaped as p): p is left alone, the update without its minus sign,
+    plus base_coef·base (the plan's base direction, whose state is written) goes to `out`, and
+    Σ update² is returned (0.0 otherwise).
     """
     full, rows, cols = tp.feature_rows
     lr, c1, c2, eps = adam if adam is not None else (0.0, 1.0, 1.0, 1.0)
-    _kernels().apply_tensor(
-        *tp.call, tp.row_factor, tp.col_factor, *tp.layout, consts.decays, consts.clip, tp.small_clip, tp.summary,
+    squares = _kernels().apply_tensor(
+        *tp.call, tp.row_factor, tp.row_scale, tp.col_factor, *tp.layout, consts.decays, consts.clip, tp.small_clip, tp.summary,
         [w for w, _ in layers], [b for _, b in layers], which, full, rows, cols, norm_eps,
         multiplier * scale, float(exp_mult), multiplier * lr, float(c1), float(c2), float(eps),
+        tp.base.kind, list(tp.base.state), list(tp.base.consts), out, float(base_coef),
     )
     tp.acc["fac_row"], tp.acc["fac_col"] = tp.fac_row, tp.fac_col
+    return squares
 
 
 def accumulator_state(plans: Dict[str, TensorPlan]) -> Dict[str, Dict[str, Tensor]]:

@@ -118,10 +118,11 @@ class MLPOptimizer(LearnedArchitecture, MLPRule):
     def fused_unsupported(self) -> Optional[str]:
         return fused.unsupported(self)
 
-    def fused_step(self, meta, params, grads, state, loss=None, scale=None) -> State:
+    def fused_step(self, meta, params, grads, state, loss=None, scale=None, contain=None) -> State:
         """`update` through the fused CPU kernel (`l2o.optimizers.fused`), for inference: writes the
         parameters and accumulators in place and returns the new State; `scale` (name -> factor,
-        default 1) multiplies each tensor's update (the adapter's lr multiplier)."""
+        default 1) multiplies each tensor's update (the adapter's lr multiplier); `contain`: what
+        replaces a gradient with non-finite entries (`fused.plan_contained`)."""
         scale = scale or {}
         fs = self.features
         decays = fs.decays(meta, next(iter(params.values())))
@@ -131,6 +132,6 @@ class MLPOptimizer(LearnedArchitecture, MLPRule):
         consts = fused.constants(fs, decays)
         plans = {}
         for name, p in params.items():
-            plans[name] = fused.plan(fs, consts, p, grads[name], accumulators_of(state, name))
+            plans[name] = fused.plan_contained(name, contain, fs, consts, p, grads[name], accumulators_of(state, name))
             fused.apply(fs, consts, plans[name], layers, self.step_mult, self.exp_mult, adam, scale.get(name, 1.0))
         return {"t": t, **fused.accumulator_state(plans)}

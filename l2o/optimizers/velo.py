@@ -256,7 +256,7 @@ class VeLOOptimizer(LearnedArchitecture, VeLORule):
     def fused_unsupported(self) -> Optional[str]:
         return fused.unsupported(self)
 
-    def fused_step(self, meta, params, grads, state, loss=None, scale=None) -> State:
+    def fused_step(self, meta, params, grads, state, loss=None, scale=None, contain=None) -> State:
         """`update` through the fused CPU kernel; the contract of `MLPOptimizer.fused_step`.
 
         The tensor level (loss features, LSTM, hypernetwork) runs in one C++ call too
@@ -269,7 +269,8 @@ class VeLOOptimizer(LearnedArchitecture, VeLORule):
         t = state["t"] + 1
         names = list(params)
         consts = fused.constants(fs, decays)
-        plans = [fused.plan(fs, consts, params[n], grads[n], accumulators_of(state, n), True, True) for n in names]
+        acc = {n: accumulators_of(state, n) for n in names}
+        plans = [fused.plan_contained(n, contain, fs, consts, params[n], grads[n], acc[n], small_clip=True, stats=True) for n in names]
         loss_ema, loss_min, loss_max, h, c, layers, scales = fused.kernels().velo_tensor_level(
             meta, t, state["horizon"], torch.as_tensor(loss), state["loss_ema"], state["loss_min"], state["loss_max"],
             self.loss_decays, FRACTION_TAUS, TIME_SCALES, [tp.summary for tp in plans], plans[0].stats_at,

@@ -27,6 +27,13 @@
 // base offset and a step of 0 or 1 along the last dimension (`row_base`, `row_step`), which covers
 // matrices, vectors and conv weights whose factored dimensions are not the last two.
 //
+// A base direction with state of its own may go through the same passes (celo's: Adam on raw
+// gradients with its own moments, or Nesterov momentum): the first pass also reduces its mean
+// square, the second writes its new state and, instead of updating p, writes the update
+// base/rms(base) + MLP to an output buffer and returns that buffer's sum of squares, so the caller
+// can normalize it per tensor (and orthogonalize it) before the step. The first pass also reports
+// whether any gradient entry was NaN or ±inf, so callers need no pass of their own to find them.
+//
 // Feature order (the "full" features of FeatureSet.names(); the row/column ones enter through the
 // tables instead): g, p, m_k (K), rms, m_k*rsqrt(rms) (K), rsqrt(rms), g*rsqrt(rms),
 // adafactor_g_a (A), fac_m, [clip(g, ±0.1)].
@@ -47,6 +54,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -260,7 +268,8 @@ enum Slot : int {
   S_ADA = S_GINV + 1,
   S_FM = S_ADA + MAX_A,
   S_SC = S_FM + 1,
-  N_SLOTS = S_SC + 1,
+  S_ROW = S_SC + 1,  // the row factors, where they are per coordinate (row_features)
+  N_SLOTS = S_ROW + MAX_A,
 };
 
 struct Inputs {
@@ -276,9 +285,51 @@ struct Inputs {
   int64_t outer, inner, n, row_step, col_step, rows, cols;
   int K, A, n_full;
   bool small_clip;
+  // apply, where a row factor is per coordinate (vectors: the (n, 1) view's row accumulator is
+  // the full second moment): the factors enter the first layer as features, not through a per-row
+  // table of each hidden unit's part, which would be (A + H)·n floats to build and read.
+  bool row_features = false;
+  // Where row factors are per coordinate (row_features), the row table holds the new row
+  // accumulators instead, and a group takes rsqrt(x·row_scale[a]) of them (no (A, n) factor array
+  // is made; made fresh each step it cost more in page faults than the whole pass).
+  bool row_rsqrt = false;
+  float row_scale[MAX_A];
   float clip, mom[MAX_K], mom_c[MAX_K], rms_decay, rms_c, fm_decay, fm_c;  // *_c: 1 - decay
   int feature_of[N_SLOTS];  // slot -> index in the feature order above (-1: unused)
+  // The base direction with its own state (BASE_*; make_base), and apply's output buffer (nullptr:
+  // update p in place).
+  int base = 0;
+  float *base_m = nullptr, *base_v = nullptr, *out = nullptr;
+  float base_b1, base_b1c, base_b2, base_b2c, base_c1, base_c2_sqrt, base_eps;
 };
+
+// Base directions (of the raw, unclipped gradient g, as the transforms they stand for):
+// BASE_ADAM: m ← b1·m + (1-b1)·g, v ← b2·v + (1-b2)·g², direction (m/c1)/(sqrt(v)/c2_sqrt + eps)
+//   (transforms.ScaleByAdam; constants [b1, b2, c1, c2_sqrt, eps]);
+// BASE_NESTEROV: buf ← b1·buf + g, direction g + b1·buf (transforms.TraceMomentum(nesterov); [b1]).
+enum Base : int { BASE_NONE = 0, BASE_ADAM = 1, BASE_NESTEROV = 2 };
+
+void make_base(Inputs& in, int64_t kind, const std::vector<torch::Tensor>& state, const std::vector<double>& c) {
+  in.base = static_cast<int>(kind);
+  if (kind == BASE_NONE) return;
+  const size_t tensors = kind == BASE_ADAM ? 2 : 1, consts = kind == BASE_ADAM ? 5 : 1;
+  TORCH_CHECK((kind == BASE_ADAM || kind == BASE_NESTEROV) && state.size() == tensors && c.size() == consts,
+              "fused: bad base direction");
+  for (const auto& t : state)
+    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == torch::kFloat32 && t.device().is_cpu() && t.numel() == in.n,
+                "fused: the base direction's state must be contiguous float32 on CPU, shaped as p");
+  in.base_m = state[0].data_ptr<float>();
+  if (kind == BASE_ADAM) in.base_v = state[1].data_ptr<float>();
+  in.base_b1 = static_cast<float>(c[0]);
+  in.base_b1c = static_cast<float>(1.0 - c[0]);
+  if (kind == BASE_ADAM) {
+    in.base_b2 = static_cast<float>(c[1]);
+    in.base_b2c = static_cast<float>(1.0 - c[1]);
+    in.base_c1 = static_cast<float>(c[2]);
+    in.base_c2_sqrt = static_cast<float>(c[3]);
+    in.base_eps = static_cast<float>(c[4]);
+  }
+}
 
 Inputs make_inputs(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms, torch::Tensor fac_m,
                    torch::Tensor rowtab, torch::Tensor coltab, torch::Tensor row_base, torch::Tensor col_base,
@@ -356,11 +407,23 @@ inline vp table(const float* tab, int64_t count, int col, int64_t base, int64_t 
 
 // The new accumulators and every feature of a group. `sink` receives each feature once, as
 // sink.feature(slot, value), and the new accumulators as sink.m(k, value), sink.rms(value),
-// sink.fac_m(value); every call is inlined and every slot a constant, so nothing leaves registers.
+// sink.fac_m(value), a base direction's new state and value as sink.base_state(m, v) and
+// sink.base(value); every call is inlined and every slot a constant, so nothing leaves registers.
 template <bool FULL, class Sink>
 __attribute__((always_inline)) inline void group_features(const Inputs& in, const Group& q, Sink& sink) {
   const int64_t e = q.e, len = FULL ? GROUP : q.len;
-  const vp g = clamp_keep_nan(load_group(in.g + e, len), in.clip);
+  const vp raw = load_group(in.g + e, len);
+  const vp g = clamp_keep_nan(raw, in.clip);
+  if (in.base == BASE_ADAM) {
+    const vp m = in.base_b1 * load_group(in.base_m + e, len) + in.base_b1c * raw;
+    const vp v = in.base_b2 * load_group(in.base_v + e, len) + (in.base_b2c * raw) * raw;
+    sink.base_state(m, v);
+    sink.base((m / in.base_c1) / (square_root(v) / in.base_c2_sqrt + in.base_eps));
+  } else if (in.base == BASE_NESTEROV) {
+    const vp buf = in.base_b1 * load_group(in.base_m + e, len) + raw;
+    sink.base_state(buf, buf);
+    sink.base(raw + in.base_b1 * buf);
+  }
   sink.feature(S_G, g);
   sink.feature(S_P, load_group(in.p + e, len));
   const vp r = in.rms_decay * load_group(in.rms + e, len) + in.rms_c * (g * g);
@@ -383,8 +446,10 @@ __attribute__((always_inline)) inline void group_features(const Inputs& in, cons
 #pragma GCC unroll 4
   for (int a = 0; a < MAX_A; ++a) {
     if (a < in.A) {
-      const vp rf = table(in.rowtab, in.rows, a, q.rb, in.row_step, len);
+      vp rf = table(in.rowtab, in.rows, a, q.rb, in.row_step, len);
+      if (in.row_rsqrt) rf = inverse_sqrt(rf * in.row_scale[a], 0.0f);
       const vp cf = table(in.coltab, in.cols, a, q.cb, in.col_step, len);
+      if (in.row_features) sink.feature(S_ROW + a, rf);
       ada = g * rf * cf;
       sink.feature(S_ADA + a, ada);
     }
@@ -444,7 +509,7 @@ inline vf fold(const vp& x) {
 // lanes folded first), half the stores of group-wide sums, and live in an array GCC sees only
 // through an opaque pointer (otherwise it promotes them, spills them, and stores each update to
 // both the spill slot and the array). STATS: VeLO's statistics Σ|g|, Σ|m_k|, Σsqrt(rms) too.
-enum Sum : int { SUM_ABS_G = N_SLOTS, SUM_ABS_M, SUM_SQRT_RMS = SUM_ABS_M + MAX_K, N_SUMS };
+enum Sum : int { SUM_ABS_G = N_SLOTS, SUM_ABS_M, SUM_SQRT_RMS = SUM_ABS_M + MAX_K, SUM_BASE, N_SUMS };
 
 template <bool STATS>
 struct SumSink {
@@ -470,6 +535,11 @@ struct SumSink {
       if (STATS) s.sums[SUM_SQRT_RMS] += fold(square_root(valid(x)));
     }
     __attribute__((always_inline)) inline void fac_m(vp) {}
+    __attribute__((always_inline)) inline void base_state(vp, vp) {}
+    __attribute__((always_inline)) inline void base(vp x) {
+      x = valid(x);
+      s.sums[SUM_BASE] += fold(x * x);
+    }
   };
 
   __attribute__((always_inline)) inline void operator()(const Group& q) {
@@ -483,11 +553,11 @@ struct SumSink {
   }
 
   __attribute__((always_inline)) inline void flush() {
-    for (int s = 0; s < (STATS ? N_SUMS : N_SLOTS); ++s) totals[s] += take_sum(sums[s]);
+    for (int s = 0; s < (STATS || in.base ? N_SUMS : N_SLOTS); ++s) totals[s] += take_sum(sums[s]);
   }
 };
 
-// One chunk's sums into row (n_full + K + 2 doubles).
+// One chunk's sums into row (n_full + K + 3 doubles).
 template <bool STATS>
 void chunk_sums(const Inputs& in, int64_t row_begin, int64_t row_end, double* row) {
   const Inputs local = in;
@@ -504,15 +574,16 @@ void chunk_sums(const Inputs& in, int64_t row_begin, int64_t row_end, double* ro
     for (int k = 0; k < in.K; ++k) row[in.n_full + 1 + k] = totals[SUM_ABS_M + k];
     row[in.n_full + 1 + in.K] = totals[SUM_SQRT_RMS];
   }
+  row[in.n_full + 2 + in.K] = totals[SUM_BASE];
 }
 
-// The tensor's sums (n_full + K + 2), in double: Σf² of each full feature, then (if `stats`; zeros
-// otherwise) Σ|g|, Σ|m_k|, Σsqrt(rms), VeLO's tensor statistics. Made per fixed-size chunk and added
+// The tensor's sums (n_full + K + 3), in double: Σf² of each full feature, then (if `stats`; zeros
+// otherwise) Σ|g|, Σ|m_k|, Σsqrt(rms), VeLO's tensor statistics, then Σbase² (0 without a base). Made per fixed-size chunk and added
 // in a fixed order, so results do not depend on the number of threads.
 std::vector<double> feature_sums(const Inputs& in, bool stats) {
   const int64_t per = rows_per_chunk(in);
   const int64_t chunks = (in.outer + per - 1) / per;
-  const int width = in.n_full + in.K + 2;
+  const int width = in.n_full + in.K + 3;
   std::vector<double> acc(chunks * width, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -539,7 +610,7 @@ struct Mlp {
   std::vector<vf> out;     // (HB, 2) weights, then the 2 biases
   int n_hidden = 0;
   int active[N_SLOTS], n_active = 0;  // the slots in use (wide MLPs loop over them)
-  float scale, exp_mult, adam_lr, bias_c1, bias_c2, eps;
+  float scale, exp_mult, adam_lr, bias_c1, bias_c2, eps, base_coef;
 
   const vf* layer(int l) const { return hidden.data() + l * (HB * HB + HB); }
 };
@@ -580,6 +651,8 @@ struct ApplySink {
   int64_t len;  // q.len, or the constant GROUP in a full group
   vp h[HB];
   vp feats[HB > STREAM ? N_SLOTS : 1];
+  vf squares{};       // output mode: Σ update² of the groups since the last flush, lane by lane
+  double total = 0;  // ... and before it
 
   __attribute__((always_inline)) inline void feature(int slot, vp x) {
     if constexpr (HB > STREAM) {
@@ -595,6 +668,12 @@ struct ApplySink {
   __attribute__((always_inline)) inline void m(int k, vp x) { store_group(in.m + k * in.n + q.e, x, len); }
   __attribute__((always_inline)) inline void rms(vp x) { store_group(in.rms + q.e, x, len); }
   __attribute__((always_inline)) inline void fac_m(vp x) { store_group(in.fac_m + q.e, x, len); }
+  __attribute__((always_inline)) inline void base_state(vp m, vp v) {
+    store_group(in.base_m + q.e, m, len);
+    if (in.base == BASE_ADAM) store_group(in.base_v + q.e, v, len);
+  }
+  // The base direction waits in the output buffer (only used with one) until the MLP is done.
+  __attribute__((always_inline)) inline void base(vp x) { store_group(in.out + q.e, x, len); }
 
   template <bool FULL>
   __attribute__((always_inline)) inline void run(const Group& group) {
@@ -602,8 +681,8 @@ struct ApplySink {
     len = FULL ? GROUP : q.len;
 #pragma GCC unroll 8
     for (int j = 0; j < HB; ++j) {  // the row/column part of the first layer, its bias included
-      h[j] = table(in.rowtab, in.rows, in.A + j, q.rb, in.row_step, len) +
-             table(in.coltab, in.cols, in.A + j, q.cb, in.col_step, len);
+      h[j] = table(in.coltab, in.cols, in.A + j, q.cb, in.col_step, len);
+      if (!in.row_features) h[j] += table(in.rowtab, in.rows, in.A + j, q.rb, in.row_step, len);
     }
     group_features<FULL>(in, q, *this);
     if constexpr (HB > STREAM) dense<HB, false>(feats, net.active, net.n_active, w0, h);
@@ -629,8 +708,16 @@ struct ApplySink {
       const vp m0 = load_group(in.m + q.e, len), r = load_group(in.rms + q.e, len);
       update += net.adam_lr * (m0 / net.bias_c1) / (square_root(r / net.bias_c2) + net.eps);
     }
-    const vp p_old = load_group(in.p + q.e, len);
-    store_group(in.p + q.e, p_old - exponential_near_zero(net.exp_mult * mu) * update, len);
+    if (net.exp_mult != 0.0f) update = exponential_near_zero(net.exp_mult * mu) * update;
+    if (in.out == nullptr) {
+      const vp p_old = load_group(in.p + q.e, len);
+      store_group(in.p + q.e, p_old - update, len);
+      return;
+    }
+    if (in.base) update += net.base_coef * load_group(in.out + q.e, len);
+    store_group(in.out + q.e, update, len);
+    const vp kept = FULL ? update : keep_lanes(update, lane_mask(len));
+    squares += fold(kept * kept);
   }
   __attribute__((always_inline)) inline void operator()(const Group& group) {
     if (group.len == GROUP)
@@ -638,45 +725,59 @@ struct ApplySink {
     else
       run<false>(group);
   }
-  void flush() {}
+  __attribute__((always_inline)) inline void flush() { total += take_sum(squares); }
 };
 
+// Rows [row_begin, row_end); returns Σ update² in output mode (0 otherwise).
 template <int HB>
-void apply_rows(const Inputs& shared_in, const Mlp& shared_net, int64_t row_begin, int64_t row_end) {
+double apply_rows(const Inputs& shared_in, const Mlp& shared_net, int64_t row_begin, int64_t row_end) {
   const Inputs in = shared_in;
   const Mlp net = shared_net;
   ApplySink<HB> sink{in, net, net.w0.data()};
   for_each_group(in, row_begin, row_end, sink);
+  return sink.total;
 }
 
-// One step, in place: the features again, the MLP, the update; writes p and the accumulators.
-void apply_update(const Inputs& in, const Mlp& net) {
+// One step, in place: the features again, the MLP, the update; writes p (or, in output mode, the
+// output buffer) and the accumulators. Returns Σ update² in output mode, per fixed-size chunk and
+// added in order, so it does not depend on the number of threads.
+double apply_update(const Inputs& in, const Mlp& net) {
   const int64_t per = rows_per_chunk(in);
   const int64_t chunks = (in.outer + per - 1) / per;
+  std::vector<double> squares(chunks, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    const int64_t r0 = c0 * per, r1 = std::min(in.outer, c1 * per);
-    switch (net.HB) {
-#define L2O_WIDTH(HB) \
-  case HB:            \
-    apply_rows<HB>(in, net, r0, r1); \
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t r0 = c * per, r1 = std::min(in.outer, (c + 1) * per);
+      switch (net.HB) {
+#define L2O_WIDTH(HB)                                 \
+  case HB:                                            \
+    squares[c] = apply_rows<HB>(in, net, r0, r1);     \
     break;
-      L2O_WIDTH(2) L2O_WIDTH(4) L2O_WIDTH(8) L2O_WIDTH(16) L2O_WIDTH(32) L2O_WIDTH(64)
+        L2O_WIDTH(2) L2O_WIDTH(4) L2O_WIDTH(8) L2O_WIDTH(16) L2O_WIDTH(32) L2O_WIDTH(64)
 #undef L2O_WIDTH
-      default:
-        TORCH_CHECK(false, "fused: hidden width must be padded to 2, 4, ..., ", MAX_H);
+        default:
+          TORCH_CHECK(false, "fused: hidden width must be padded to 2, 4, ..., ", MAX_H);
+      }
     }
   });
+  double total = 0;
+  for (double s : squares) total += s;
+  return total;
 }
 
 // Adafactor's first pass: Σ over the factored-out dimension of clip(g)² + eps, for the row and the
 // column accumulators ((rows,) and (cols,) in their flattened layouts). Serial: it only reads g.
-void factor_sums(const float* gp, const int64_t* rb, const int64_t* cb, int64_t outer, int64_t inner,
+// Returns whether any entry of g is NaN or ±inf (x·0 is NaN exactly for those; one multiply-add).
+bool factor_sums(const float* gp, const int64_t* rb, const int64_t* cb, int64_t outer, int64_t inner,
                  int64_t row_step, int64_t col_step, float clip, float eps, float* rs, float* cs) {
+  vp nonfinite{};
   for (int64_t o = 0; o < outer; ++o) {
     vf along_row{}, along_col{};  // the sums of a factor whose step is 0 (constant along the row)
     for (int64_t i = 0; i < inner; i += GROUP) {
       const int64_t len = std::min<int64_t>(GROUP, inner - i);
-      const vp gi = clamp_keep_nan(load_group(gp + o * inner + i, len), clip);
+      const vp raw = load_group(gp + o * inner + i, len);
+      nonfinite += raw * 0.0f;
+      const vp gi = clamp_keep_nan(raw, clip);
       vp sq = gi * gi + eps;
       if (len < GROUP) sq = keep_lanes(sq, lane_mask(len));
       if (row_step == 0)
@@ -691,7 +792,53 @@ void factor_sums(const float* gp, const int64_t* rb, const int64_t* cb, int64_t 
     if (row_step == 0) rs[rb[o]] += take_sum(along_row);
     if (col_step == 0) cs[cb[o]] += take_sum(along_col);
   }
+  vf folded = fold(nonfinite);
+  return std::isnan(take_sum(folded));
 }
+
+// Σf(x) of a float array in double: float vector sums moved to double every FLUSH entries.
+template <class F>
+double vector_sum(const float* x, int64_t n, F f) {
+  double total = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += FLUSH) {
+    const int64_t i1 = std::min(n, i0 + FLUSH);
+    vf acc{};
+    int64_t i = i0;
+    for (; i + W <= i1; i += W) acc += f(load_full(x + i));
+    for (; i < i1; ++i) total += f(splat(x[i]))[0];
+    total += take_sum(acc);
+  }
+  return total;
+}
+const auto square = [](vf v) { return v * v; };
+
+// x ← beta·x + keep·s over an array, in place, with (Σx, Σ1/x) of the new values in double: the
+// per-coordinate row accumulators of a vector in one pass.
+std::pair<double, double> row_ema_sums(float* x, const float* s, int64_t n, float beta, float keep) {
+  double total = 0, inverse = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += FLUSH) {
+    const int64_t i1 = std::min(n, i0 + FLUSH);
+    vf acc{}, acc_inverse{};
+    int64_t i = i0;
+    for (; i + W <= i1; i += W) {
+      const vf v = beta * load_full(x + i) + keep * load_full(s + i);
+      store_full(x + i, v);
+      acc += v;
+      acc_inverse += 1.0f / v;
+    }
+    for (; i < i1; ++i) {
+      x[i] = beta * x[i] + keep * s[i];
+      total += x[i];
+      inverse += 1.0 / x[i];
+    }
+    total += take_sum(acc);
+    inverse += take_sum(acc_inverse);
+  }
+  return {total, inverse};
+}
+
+// Whether a tensor's row factors are per coordinate (vectors): see Inputs::row_features.
+bool per_coordinate_rows(int64_t rows, int64_t n, int64_t row_step) { return rows == n && row_step == 1; }
 
 int64_t power_of_two_width(int64_t hidden) {
   int64_t width = 2;
@@ -706,89 +853,126 @@ torch::Tensor float32(const torch::Tensor& t, const char* what) {
 
 }  // namespace
 
-// First pass over one tensor: its new Adafactor accumulators and factors and its feature statistics
-// (nothing written in place). Returns [fac_row, fac_col (the new accumulators, shaped as the old),
-// row_factor (A, rows), col_factor (A, cols), summary], where summary (float32) holds the mean squares
+// First pass over one tensor: its new Adafactor accumulators (written in place) and factors and its
+// feature statistics. Returns [fac_row, fac_col (the new accumulators: the tensors given),
+// row_factor (A, rows) (per-coordinate row factors: the new fac_row, whose factor is
+// rsqrt(x·row_scale[a])), col_factor (A, cols), summary, row_scale (A,)], where summary (float32) holds the mean squares
 // of the n_full per-coordinate features, of the A row and the A column factors, then (if `stats`)
-// mean |g|, mean |m_k| (K), mean sqrt(rms). `d_row`: the dimension of fac_row[a] that Adafactor's
+// mean |g|, mean |m_k| (K), mean sqrt(rms), then the base direction's mean square (`base_kind`,
+// `base_state`, `base_consts`: make_base; 0 without one), then 1 if any entry of g is NaN or ±inf
+// (else 0). With `stop_if_nonfinite`, such an entry ends the call before anything is written, and
+// only summary[-1] (1) means anything. `d_row`: the dimension of fac_row[a] that Adafactor's
 // reconstruction averages over (v̂ = row·col/mean(row)).
 std::vector<torch::Tensor> plan_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms,
                                        torch::Tensor fac_m, torch::Tensor fac_row, torch::Tensor fac_col,
                                        torch::Tensor row_base, torch::Tensor col_base, int64_t row_step,
                                        int64_t col_step, int64_t d_row, std::vector<double> decays,
                                        std::vector<double> ada_decays, double clip, double ada_eps, bool small_clip,
-                                       bool stats) {
+                                       bool stats, int64_t base_kind, std::vector<torch::Tensor> base_state,
+                                       std::vector<double> base_consts, bool stop_if_nonfinite) {
   g = float32(g, "g");
   fac_row = float32(fac_row, "fac_row");
   fac_col = float32(fac_col, "fac_col");
   const int64_t A = static_cast<int64_t>(ada_decays.size()), n = p.numel();
   TORCH_CHECK(A >= 1 && A <= MAX_A && fac_row.size(0) == A && fac_col.size(0) == A, "fused: bad Adafactor decays");
   const int64_t rows = fac_row.numel() / A, cols = fac_col.numel() / A, outer = row_base.numel();
-  std::vector<float> row_sums(rows, 0.0f), col_sums(cols, 0.0f);
-  factor_sums(g.data_ptr<float>(), row_base.data_ptr<int64_t>(), col_base.data_ptr<int64_t>(), outer, n / outer,
+  // Reused between calls: made fresh, a vector's (n,) sums cost page faults on every step.
+  static thread_local std::vector<float> row_sums, col_sums;
+  row_sums.assign(rows, 0.0f);
+  col_sums.assign(cols, 0.0f);
+  const bool nonfinite = factor_sums(g.data_ptr<float>(), row_base.data_ptr<int64_t>(), col_base.data_ptr<int64_t>(), outer, n / outer,
               row_step, col_step, static_cast<float>(clip), static_cast<float>(ada_eps), row_sums.data(),
               col_sums.data());
+  if (nonfinite && stop_if_nonfinite) {  // the caller contains g and plans again: nothing written
+    const auto flag = torch::ones({1}, torch::kFloat32);  // summary[-1]: non-finite
+    return {fac_row, fac_col, fac_row, fac_col, flag, flag};
+  }
 
-  // The accumulators' EMAs of the means, and the factors rsqrt(row/mean over d_row of row), rsqrt(col).
-  auto new_row = torch::empty_like(fac_row), new_col = torch::empty_like(fac_col);
-  auto row_factor = torch::empty({A, rows}, torch::kFloat32), col_factor = torch::empty({A, cols}, torch::kFloat32);
-  const float per_row = static_cast<float>(n / rows), per_col = static_cast<float>(n / cols);
+  // The accumulators' EMAs of the means (in place), and the factors rsqrt(row/mean over d_row of
+  // row), rsqrt(col); per-coordinate row factors are left to the passes (row_scale = 1/mean).
+  const bool row_features = per_coordinate_rows(rows, n, row_step);
   const int64_t along = fac_row.size(d_row + 1), stride = fac_row.stride(d_row + 1);
+  TORCH_CHECK(!row_features || rows == along, "fused: per-coordinate row factors need one mean");
+  auto new_row = fac_row, new_col = fac_col;
+  auto row_factor = row_features ? new_row.view({A, rows}) : torch::empty({A, rows}, torch::kFloat32);
+  auto col_factor = torch::empty({A, cols}, torch::kFloat32), row_scale = torch::ones({A}, torch::kFloat32);
+  const float per_row = static_cast<float>(n / rows), per_col = static_cast<float>(n / cols);
   std::vector<double> mean(rows / along);
+  double inverse_row_sums[MAX_A] = {};
   for (int64_t a = 0; a < A; ++a) {
     const float beta = static_cast<float>(ada_decays[a]), keep = 1.0f - beta;
-    const float *old_r = fac_row.data_ptr<float>() + a * rows, *old_c = fac_col.data_ptr<float>() + a * cols;
-    float *nr = new_row.data_ptr<float>() + a * rows, *nc = new_col.data_ptr<float>() + a * cols;
-    float *rf = row_factor.data_ptr<float>() + a * rows, *cf = col_factor.data_ptr<float>() + a * cols;
-    const float *rs = row_sums.data(), *cs = col_sums.data();
-    std::fill(mean.begin(), mean.end(), 0.0);
-    const auto batch = [&](int64_t e) { return (e / (stride * along)) * stride + e % stride; };
-    for (int64_t e = 0; e < rows; ++e) {
-      nr[e] = beta * old_r[e] + keep * (rs[e] / per_row);
-      mean[batch(e)] += nr[e];
+    float *nr = new_row.data_ptr<float>() + a * rows, *rf = row_factor.data_ptr<float>() + a * rows;
+    const float* rs = row_sums.data();
+    if (row_features) {  // one pass (per_row = 1): the EMA, Σ of it and Σ of its inverse
+      const auto sums = row_ema_sums(nr, rs, rows, beta, keep);
+      row_scale.data_ptr<float>()[a] = 1.0f / static_cast<float>(sums.first / along);
+      inverse_row_sums[a] = sums.second;
+      continue;
     }
-    for (int64_t e = 0; e < rows; ++e) rf[e] = 1.0f / std::sqrt(nr[e] / static_cast<float>(mean[batch(e)] / along));
+    for (int64_t e = 0; e < rows; ++e) nr[e] = beta * nr[e] + keep * (rs[e] / per_row);
+    if (rows == along) {  // one mean (rank ≤ 2): loops the compiler vectorizes
+      const float mean_row = static_cast<float>(vector_sum(nr, rows, [](vf v) { return v; }) / along);
+      for (int64_t e = 0; e < rows; ++e) rf[e] = 1.0f / std::sqrt(nr[e] / mean_row);
+    } else {
+      std::fill(mean.begin(), mean.end(), 0.0);
+      const auto batch = [&](int64_t e) { return (e / (stride * along)) * stride + e % stride; };
+      for (int64_t e = 0; e < rows; ++e) mean[batch(e)] += nr[e];
+      for (int64_t e = 0; e < rows; ++e) rf[e] = 1.0f / std::sqrt(nr[e] / static_cast<float>(mean[batch(e)] / along));
+    }
+  }
+  for (int64_t a = 0; a < A; ++a) {
+    const float beta = static_cast<float>(ada_decays[a]), keep = 1.0f - beta;
+    float *nc = new_col.data_ptr<float>() + a * cols, *cf = col_factor.data_ptr<float>() + a * cols;
     for (int64_t e = 0; e < cols; ++e) {
-      nc[e] = beta * old_c[e] + keep * (cs[e] / per_col);
+      nc[e] = beta * nc[e] + keep * (col_sums[e] / per_col);
       cf[e] = 1.0f / std::sqrt(nc[e]);
     }
   }
 
-  const Inputs in = make_inputs(p, g, m, rms, fac_m, row_factor, col_factor, row_base, col_base, row_step, col_step,
-                                decays, A, clip, small_clip);
+  Inputs in = make_inputs(p, g, m, rms, fac_m, row_factor, col_factor, row_base, col_base, row_step, col_step,
+                          decays, A, clip, small_clip);
+  make_base(in, base_kind, base_state, base_consts);
+  in.row_rsqrt = row_features;
+  std::copy(row_scale.data_ptr<float>(), row_scale.data_ptr<float>() + A, in.row_scale);
   const auto sums = feature_sums(in, stats);
   const double* s = sums.data();
   const int64_t K = in.K, n_full = in.n_full;
-  auto summary = torch::zeros({n_full + 2 * A + K + 2}, torch::kFloat32);
+  auto summary = torch::zeros({n_full + 2 * A + K + 4}, torch::kFloat32);
   float* out = summary.data_ptr<float>();
   for (int64_t f = 0; f < n_full; ++f) out[f] = static_cast<float>(s[f] / n);
   const float *rf = row_factor.data_ptr<float>(), *cf = col_factor.data_ptr<float>();
   for (int64_t a = 0; a < A; ++a) {
-    double r2 = 0, c2 = 0;
-    for (int64_t e = 0; e < rows; ++e) r2 += double(rf[a * rows + e]) * rf[a * rows + e];
-    for (int64_t e = 0; e < cols; ++e) c2 += double(cf[a * cols + e]) * cf[a * cols + e];
-    out[n_full + a] = static_cast<float>(r2 / rows);
-    out[n_full + A + a] = static_cast<float>(c2 / cols);
+    // per-coordinate factors: mean of rsqrt(x·scale)² = mean(1/x) / scale
+    out[n_full + a] = static_cast<float>(
+        (row_features ? inverse_row_sums[a] / in.row_scale[a] : vector_sum(rf + a * rows, rows, square)) / rows);
+    out[n_full + A + a] = static_cast<float>(vector_sum(cf + a * cols, cols, square) / cols);
   }
-  for (int64_t j = 0; j < K + 2; ++j) out[n_full + 2 * A + j] = static_cast<float>(s[n_full + j] / n);
-  return {new_row, new_col, row_factor, col_factor, summary};
+  for (int64_t j = 0; j < K + 3; ++j) out[n_full + 2 * A + j] = static_cast<float>(s[n_full + j] / n);
+  out[n_full + 2 * A + K + 3] = nonfinite ? 1.0f : 0.0f;
+  return {new_row, new_col, row_factor, col_factor, summary, row_scale};
 }
 
-// Second pass over one tensor, in place: p ← p - exp(exp_mult·μ)·(scale·d + adam_lr·m̂₀/(sqrt(v̂)+eps))
+// Second pass over one tensor, in place (`row_factor`, `row_scale`: plan_tensor's): p ← p - exp(exp_mult·μ)·(scale·d + adam_lr·m̂₀/(sqrt(v̂)+eps))
 // and the accumulators. `weights`/`biases`: the per-parameter MLP, its first layer (F, H) over the
 // features in FeatureSet.names() order with the time features already in its bias; each may be
 // stacked over tensors ((T, in, out), (T, out)), of which this tensor's is number `which`; `full`,
 // `row`, `col`: where the per-coordinate features, the row factors and the column factors are in
 // that order. The RMS normalization (from plan_tensor's summary) is folded into the first layer, whose
 // row/column part and bias become per-row and per-column tables; the hidden width is padded with
-// zero units (which stay zero through ReLU) to the power of two the kernel is compiled for.
-void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms, torch::Tensor fac_m,
-                  torch::Tensor row_factor, torch::Tensor col_factor, torch::Tensor row_base, torch::Tensor col_base,
+// zero units (which stay zero through ReLU) to the power of two the kernel is compiled for. The
+// output layer is (H, 2) (d, μ) or (H, 1) (d alone: μ = 0).
+// With `out` (a tensor shaped as p; undefined: update p in place), the update
+// exp(exp_mult·μ)·(scale·d + ...) + base_coef·base goes there instead, the base direction's state is
+// written, and Σ update² is returned (0 otherwise).
+double apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor rms, torch::Tensor fac_m,
+                  torch::Tensor row_factor, torch::Tensor row_scale, torch::Tensor col_factor, torch::Tensor row_base,
+                  torch::Tensor col_base,
                   int64_t row_step, int64_t col_step, std::vector<double> decays, double clip, bool small_clip,
                   torch::Tensor summary, std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases,
                   int64_t which, std::vector<int64_t> full, std::vector<int64_t> row, std::vector<int64_t> col,
                   double norm_eps, double scale, double exp_mult, double adam_lr, double bias_c1, double bias_c2,
-                  double eps) {
+                  double eps, int64_t base_kind, std::vector<torch::Tensor> base_state, std::vector<double> base_consts,
+                  std::optional<torch::Tensor> out, double base_coef) {
   const int64_t A = row_factor.size(0), rows = row_factor.size(1), cols = col_factor.size(1);
   const int n_layers = static_cast<int>(weights.size());
   TORCH_CHECK(n_layers >= 2 && biases.size() == weights.size(), "fused: bad MLP layers");
@@ -805,18 +989,26 @@ void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tens
                   static_cast<int64_t>(row.size()) == A && static_cast<int64_t>(col.size()) == A,
               "fused: the first layer does not match the features");
   for (int l = 1; l < n_layers; ++l)
-    TORCH_CHECK(weights[l].size(0) == H && weights[l].size(1) == (l + 1 < n_layers ? H : 2),
-                "fused: hidden layers must be (H, H) and the output layer (H, 2)");
+    TORCH_CHECK(weights[l].size(0) == H && (l + 1 < n_layers ? weights[l].size(1) == H : weights[l].size(1) <= 2),
+                "fused: hidden layers must be (H, H) and the output layer (H, 2) or (H, 1)");
   const int64_t n_full = static_cast<int64_t>(full.size());
   const float* ms = summary.data_ptr<float>();
   const float* w0 = weights[0].data_ptr<float>();
   const float* b0 = biases[0].data_ptr<float>();
   const auto normalizer = [&](int64_t at) { return 1.0f / std::sqrt(ms[at] + static_cast<float>(norm_eps)); };
 
-  // Tables (A + HB, rows|cols): the A factors, then each hidden unit's row (+ bias) / column part.
-  auto rowtab = torch::zeros({A + HB, rows}, torch::kFloat32), coltab = torch::zeros({A + HB, cols}, torch::kFloat32);
-  for (auto [tab, factor, index, count, offset, bias] :
-       {std::tuple{rowtab, row_factor, &row, rows, n_full, b0}, std::tuple{coltab, col_factor, &col, cols, n_full + A, static_cast<const float*>(nullptr)}}) {
+  // Tables (A + HB, rows|cols): the A factors, then each hidden unit's row (+ bias) / column part;
+  // with per-coordinate row factors (row_features) the row table is the factors alone and the bias
+  // goes with the column part.
+  const bool row_features = per_coordinate_rows(rows, p.numel(), row_step);
+  TORCH_CHECK(row_scale.numel() == A, "fused: bad row scales");
+  auto rowtab = row_features ? row_factor.contiguous() : torch::zeros({A + HB, rows}, torch::kFloat32);
+  auto coltab = torch::zeros({A + HB, cols}, torch::kFloat32);
+  const float* no_bias = nullptr;
+  std::vector<std::tuple<torch::Tensor, torch::Tensor, const std::vector<int64_t>*, int64_t, int64_t, const float*>> tables;
+  if (!row_features) tables.emplace_back(rowtab, row_factor, &row, rows, n_full, b0);
+  tables.emplace_back(coltab, col_factor, &col, cols, n_full + A, row_features ? b0 : no_bias);
+  for (auto [tab, factor, index, count, offset, bias] : tables) {
     float* t = tab.data_ptr<float>();
     const float* f = factor.data_ptr<float>();
     std::copy(f, f + A * count, t);
@@ -830,8 +1022,17 @@ void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tens
     }
   }
 
-  const Inputs in = make_inputs(p, g, m, rms, fac_m, rowtab, coltab, row_base, col_base, row_step, col_step, decays,
-                                A, clip, small_clip);
+  Inputs in = make_inputs(p, g, m, rms, fac_m, rowtab, coltab, row_base, col_base, row_step, col_step, decays, A,
+                          clip, small_clip);
+  make_base(in, base_kind, base_state, base_consts);
+  if (out.has_value()) {
+    TORCH_CHECK(out->is_contiguous() && out->scalar_type() == torch::kFloat32 && out->numel() == p.numel(),
+                "fused: the output buffer must be contiguous float32, shaped as p");
+    in.out = out->data_ptr<float>();
+  }
+  TORCH_CHECK(in.out != nullptr || in.base == BASE_NONE, "fused: a base direction needs an output buffer");
+  in.row_features = in.row_rsqrt = row_features;
+  for (int64_t a = 0; a < A; ++a) in.row_scale[a] = row_scale.data_ptr<float>()[a];
   TORCH_CHECK(in.n_full == n_full, "fused: the feature indices do not match the decays");
   Mlp net;
   net.HB = static_cast<int>(HB);
@@ -842,6 +1043,12 @@ void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tens
     net.active[net.n_active++] = s;
     const float norm = normalizer(f);
     for (int64_t j = 0; j < H; ++j) net.w0[s * HB + j] = splat(w0[full[f] * H + j] * norm);
+  }
+  for (int a = 0; row_features && a < A; ++a) {
+    const int s = S_ROW + a;
+    net.active[net.n_active++] = s;
+    const float norm = normalizer(n_full + a);
+    for (int64_t j = 0; j < H; ++j) net.w0[s * HB + j] = splat(w0[row[a] * H + j] * norm);
   }
   // A layer (H, out) + (out,) appended to `to` as (HB, out_padded) + (out_padded,), zero-padded.
   const auto append_padded = [&](std::vector<vf>& to, const torch::Tensor& w, const torch::Tensor& b, int64_t out,
@@ -857,14 +1064,15 @@ void apply_tensor(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tens
     append_padded(net.hidden, weights[l], biases[l], H, HB);
     ++net.n_hidden;
   }
-  append_padded(net.out, weights.back(), biases.back(), 2, 2);
+  append_padded(net.out, weights.back(), biases.back(), weights.back().size(1), 2);
   net.scale = static_cast<float>(scale);
   net.exp_mult = static_cast<float>(exp_mult);
   net.adam_lr = static_cast<float>(adam_lr);
   net.bias_c1 = static_cast<float>(bias_c1);
   net.bias_c2 = static_cast<float>(bias_c2);
   net.eps = static_cast<float>(eps);
-  apply_update(in, net);
+  net.base_coef = static_cast<float>(base_coef);
+  return apply_update(in, net);
 }
 
 // The update's exp on a float32 tensor, so tests can check it against torch.exp directly (through
