@@ -19,7 +19,7 @@ Every row's "× Adam" pairs each timed step with an Adam step taken just before 
 target is also checked over more rounds with Adam, AdamW and the fused optimizers stepping in turn
 (--interleave): on a shared machine, other tenants slow compute-bound code more than memory-bound
 Adam, so ratios of times taken minutes apart differ by ±30%. `celo`'s Newton–Schulz iteration on a
-d×d matrix (`transforms.newton_schulz`, what its step runs on each matrix) is timed alone in the same
+d×d matrix (`celo_fused.newton_schulz`, what its fused step runs on each matrix) is timed alone in the same
 rounds, so its share of a celo step is measured rather than estimated. `--layout flat` times one
 flat vector of N parameters instead of a d×d weight + d bias; `--nan-check-ab` also times each
 interleaved optimizer with the adapter's own non-finite check forced on (`nan-check` rows: what a
@@ -132,11 +132,12 @@ class _AdapterCheckForced(l2o.LearnedOptimizer):
 
 def newton_schulz_step(n: int) -> Callable[[], object]:
     """celo's Newton–Schulz on the d×d direction of a step (its matrix branch's matmuls alone)."""
-    from l2o.optimizers.transforms import newton_schulz
+    from l2o.optimizers.celo_fused import newton_schulz
 
     d = max(1, round(math.sqrt(n)))
     x = torch.randn(d, d, generator=torch.Generator().manual_seed(0))
-    return lambda: newton_schulz(x, optimizers.build("celo").ns_steps)
+    steps = optimizers.build("celo").ns_steps
+    return lambda: newton_schulz(x, steps)
 
 
 def interleaved(n: int, names: List[str], warmup: int, rounds: int, nan_check: bool = False) -> Dict:

@@ -210,6 +210,15 @@ def test_celo_adapter_fused_by_default_and_equal_to_unfused(arch, monkeypatch):
     torch.testing.assert_close(torch.tensor(losses_f), torch.tensor(losses_u), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(40, 40), (20, 50), (50, 20)])
+def test_celo_fused_newton_schulz_is_the_functional_one(shape):
+    from l2o.optimizers import celo_fused, transforms
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    want = transforms.newton_schulz(x, 5)
+    torch.testing.assert_close(celo_fused.newton_schulz(x, 5), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
 @needs_kernel
 def test_the_first_pass_reports_nonfinite_gradient_entries():
     lopt = build("mlp")
