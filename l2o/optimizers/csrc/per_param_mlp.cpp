@@ -67,10 +67,15 @@ constexpr int64_t CHUNK = 16384;  // coordinates per parallel work item (fixed: 
 constexpr int64_t FLUSH = 512;    // coordinates summed in float before the sums move to double
 constexpr int64_t PREFETCH = 512;  // coordinates ahead the streams are prefetched
 
-// A group of W coordinates as one GCC/Clang vector (an AVX register; two SSE ones). W = 16 (two AVX
-// registers per operation, to share each weight's load) was 7× slower: GCC 12 lowers some
+// A group of W coordinates as one GCC/Clang vector (an AVX register; two SSE ones; with AVX-512,
+// W = 16, one ZMM register: the MLP's multiply-adds take half the instructions). W = 16 on AVX2 (two
+// AVX registers per operation, to share each weight's load) was 7× slower: GCC 12 lowers some
 // operations on vectors wider than the ISA's lane by lane. `vfu` is its unaligned-load twin.
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#else
 constexpr int W = 8;
+#endif
 typedef float vf __attribute__((vector_size(4 * W)));
 typedef float vfu __attribute__((vector_size(4 * W), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(4 * W)));
@@ -84,23 +89,34 @@ inline vi lane_index() {
   return index;
 }
 
+#if defined(__AVX512F__)
+typedef __m512 simd;
+inline simd simd_max(simd a, simd b) { return _mm512_max_ps(a, b); }
+inline simd simd_min(simd a, simd b) { return _mm512_min_ps(a, b); }
+inline simd simd_rsqrt(simd a) { return _mm512_rsqrt14_ps(a); }  // (2^-14 relative; AVX's: 1.5·2^-12)
+#elif defined(__AVX__)
+typedef __m256 simd;
+inline simd simd_max(simd a, simd b) { return _mm256_max_ps(a, b); }
+inline simd simd_min(simd a, simd b) { return _mm256_min_ps(a, b); }
+inline simd simd_rsqrt(simd a) { return _mm256_rsqrt_ps(a); }
+#endif
 #if defined(__AVX__)
-inline __m256 as_avx(vf x) { return reinterpret_cast<__m256>(x); }
-inline vf from_avx(__m256 x) { return reinterpret_cast<vf>(x); }
+inline simd as_avx(vf x) { return reinterpret_cast<simd>(x); }
+inline vf from_avx(simd x) { return reinterpret_cast<vf>(x); }
 #endif
 
 // max(x, lo) and min(x, hi) that keep NaN, as torch's clamp and relu do: the AVX instructions return
 // their second operand when either is NaN, so x goes second (one instruction, not compare + blend).
 inline vf max_keep_nan(vf x, float lo) {
 #if defined(__AVX__)
-  return from_avx(_mm256_max_ps(as_avx(splat(lo)), as_avx(x)));
+  return from_avx(simd_max(as_avx(splat(lo)), as_avx(x)));
 #else
   return x < lo ? splat(lo) : x;
 #endif
 }
 inline vf min_keep_nan(vf x, float hi) {
 #if defined(__AVX__)
-  return from_avx(_mm256_min_ps(as_avx(splat(hi)), as_avx(x)));
+  return from_avx(simd_min(as_avx(splat(hi)), as_avx(x)));
 #else
   return x > hi ? splat(hi) : x;
 #endif
@@ -114,7 +130,7 @@ inline vf absolute(vf x) { return reinterpret_cast<vf>(reinterpret_cast<vi>(x) &
 inline vf inverse_sqrt(vf x, float eps) {
   const vf v = x + eps;
 #if defined(__AVX__)
-  const vf y = from_avx(_mm256_rsqrt_ps(as_avx(v)));
+  const vf y = from_avx(simd_rsqrt(as_avx(v)));
   return y * (1.5f - 0.5f * v * y * y);
 #else
   vf out;
@@ -128,7 +144,7 @@ inline vf inverse_sqrt(vf x, float eps) {
 // NaN stays NaN.
 inline vf square_root(vf x) {
 #if defined(__AVX__)
-  const vf y = from_avx(_mm256_rsqrt_ps(as_avx(x)));
+  const vf y = from_avx(simd_rsqrt(as_avx(x)));
   const vf root = x * (y * (1.5f - 0.5f * x * y * y));
   return x < 1.17549435e-38f ? vf{} : root;
 #else
@@ -204,7 +220,9 @@ inline vp square_root(vp x) { return map(x, [](vf v) { return square_root(v); })
 inline vp exponential(vp x) { return map(x, [](vf v) { return exponential(v); }); }
 
 inline bool any_lane(vi mask) {
-#if defined(__AVX__)
+#if defined(__AVX512F__)
+  return _mm512_test_epi32_mask(reinterpret_cast<__m512i>(mask), reinterpret_cast<__m512i>(mask)) != 0;
+#elif defined(__AVX__)
   return !_mm256_testz_si256(reinterpret_cast<__m256i>(mask), reinterpret_cast<__m256i>(mask));
 #else
   for (int l = 0; l < W; ++l)
@@ -300,7 +318,7 @@ struct Inputs {
   // update p in place).
   int base = 0;
   float *base_m = nullptr, *base_v = nullptr, *out = nullptr;
-  float base_b1, base_b1c, base_b2, base_b2c, base_c1, base_c2_sqrt, base_eps;
+  float base_b1, base_b1c, base_b2, base_b2c, base_inv_c1, base_inv_c2_sqrt, base_eps;  // (reciprocals: no divides)
 };
 
 // Base directions (of the raw, unclipped gradient g, as the transforms they stand for):
@@ -325,8 +343,8 @@ void make_base(Inputs& in, int64_t kind, const std::vector<torch::Tensor>& state
   if (kind == BASE_ADAM) {
     in.base_b2 = static_cast<float>(c[1]);
     in.base_b2c = static_cast<float>(1.0 - c[1]);
-    in.base_c1 = static_cast<float>(c[2]);
-    in.base_c2_sqrt = static_cast<float>(c[3]);
+    in.base_inv_c1 = static_cast<float>(1.0 / c[2]);
+    in.base_inv_c2_sqrt = static_cast<float>(1.0 / c[3]);
     in.base_eps = static_cast<float>(c[4]);
   }
 }
@@ -418,7 +436,7 @@ __attribute__((always_inline)) inline void group_features(const Inputs& in, cons
     const vp m = in.base_b1 * load_group(in.base_m + e, len) + in.base_b1c * raw;
     const vp v = in.base_b2 * load_group(in.base_v + e, len) + (in.base_b2c * raw) * raw;
     sink.base_state(m, v);
-    sink.base((m / in.base_c1) / (square_root(v) / in.base_c2_sqrt + in.base_eps));
+    sink.base((m * in.base_inv_c1) / (square_root(v) * in.base_inv_c2_sqrt + in.base_eps));
   } else if (in.base == BASE_NESTEROV) {
     const vp buf = in.base_b1 * load_group(in.base_m + e, len) + raw;
     sink.base_state(buf, buf);
@@ -561,7 +579,7 @@ struct SumSink {
 template <bool STATS>
 void chunk_sums(const Inputs& in, int64_t row_begin, int64_t row_end, double* row) {
   const Inputs local = in;
-  alignas(32) vf storage[N_SUMS] = {};
+  alignas(sizeof(vf)) vf storage[N_SUMS] = {};
   double totals[N_SUMS] = {};
   vf* sums = storage;
   asm("" : "+r"(sums));  // an opaque pointer: GCC cannot promote the sums (see SumSink)
@@ -768,8 +786,9 @@ double apply_update(const Inputs& in, const Mlp& net) {
 // Adafactor's first pass: Σ over the factored-out dimension of clip(g)² + eps, for the row and the
 // column accumulators ((rows,) and (cols,) in their flattened layouts). Serial: it only reads g.
 // Returns whether any entry of g is NaN or ±inf (x·0 is NaN exactly for those; one multiply-add).
+// `rows_once`: every row sum has one term (per-coordinate rows), so rs is written, not added to.
 bool factor_sums(const float* gp, const int64_t* rb, const int64_t* cb, int64_t outer, int64_t inner,
-                 int64_t row_step, int64_t col_step, float clip, float eps, float* rs, float* cs) {
+                 int64_t row_step, int64_t col_step, float clip, float eps, float* rs, float* cs, bool rows_once) {
   vp nonfinite{};
   for (int64_t o = 0; o < outer; ++o) {
     vf along_row{}, along_col{};  // the sums of a factor whose step is 0 (constant along the row)
@@ -783,7 +802,7 @@ bool factor_sums(const float* gp, const int64_t* rb, const int64_t* cb, int64_t 
       if (row_step == 0)
         along_row += fold(sq);
       else
-        store_group(rs + rb[o] + i, load_group(rs + rb[o] + i, len) + sq, len);
+        store_group(rs + rb[o] + i, rows_once ? sq : load_group(rs + rb[o] + i, len) + sq, len);
       if (col_step == 0)
         along_col += fold(sq);
       else
@@ -878,11 +897,15 @@ std::vector<torch::Tensor> plan_tensor(torch::Tensor p, torch::Tensor g, torch::
   const int64_t rows = fac_row.numel() / A, cols = fac_col.numel() / A, outer = row_base.numel();
   // Reused between calls: made fresh, a vector's (n,) sums cost page faults on every step.
   static thread_local std::vector<float> row_sums, col_sums;
-  row_sums.assign(rows, 0.0f);
+  const bool row_features = per_coordinate_rows(rows, n, row_step);
+  if (row_features)
+    row_sums.resize(rows);  // each written once
+  else
+    row_sums.assign(rows, 0.0f);
   col_sums.assign(cols, 0.0f);
   const bool nonfinite = factor_sums(g.data_ptr<float>(), row_base.data_ptr<int64_t>(), col_base.data_ptr<int64_t>(), outer, n / outer,
               row_step, col_step, static_cast<float>(clip), static_cast<float>(ada_eps), row_sums.data(),
-              col_sums.data());
+              col_sums.data(), row_features);
   if (nonfinite && stop_if_nonfinite) {  // the caller contains g and plans again: nothing written
     const auto flag = torch::ones({1}, torch::kFloat32);  // summary[-1]: non-finite
     return {fac_row, fac_col, fac_row, fac_col, flag, flag};
@@ -890,7 +913,6 @@ std::vector<torch::Tensor> plan_tensor(torch::Tensor p, torch::Tensor g, torch::
 
   // The accumulators' EMAs of the means (in place), and the factors rsqrt(row/mean over d_row of
   // row), rsqrt(col); per-coordinate row factors are left to the passes (row_scale = 1/mean).
-  const bool row_features = per_coordinate_rows(rows, n, row_step);
   const int64_t along = fac_row.size(d_row + 1), stride = fac_row.stride(d_row + 1);
   TORCH_CHECK(!row_features || rows == along, "fused: per-coordinate row factors need one mean");
   auto new_row = fac_row, new_col = fac_col;
