@@ -194,6 +194,7 @@ def test_celo_base_direction_plus_a_trained_rule(name):
         meta["celo.b2"].copy_(torch.randn(meta["celo.b2"].shape, generator=gen))
 
     _run_both(name, {}, SHAPES, grad_scales=[1e-2, 1.0, 1e-6, 1e4], edit_meta=train_output_layer)
+    _run_both(name, {}, [(7,), (1000,)], grad_scales=[1.0, 1e-3], edit_meta=train_output_layer)  # celo: no matrix
 
 
 @needs_kernel

@@ -138,18 +138,18 @@ def fused_step(lopt, meta, params, grads, state, scale=None, contain: Optional[f
     (rule_at, rule), (step_at, _) = lay.rule, lay.step
     fs = rule.features
     ref = next(iter(params.values()))
-    rule_state = _sub(state, rule_at)
-    t = rule_state["t"] + 1
-    layers = rule.layers_at(meta, t, rule_state["horizon"])
-    decays = fs.decays(meta, ref)
-    consts = fused.constants(fs, decays)
-    lr = float(torch.exp(meta["log_lr"] + fraction_features(t, state[step_at + "horizon"]) @ meta["schedule"]))
-    new: State = {**state, **{rule_at + k: dict(rule_state[k]) for k in ACCUMULATORS}}
+    rule_state = _sub(state, rule_at)  # (empty when celo's harness routed every tensor to AdamW)
+    t, horizon = state[step_at + "t"] + 1, state[step_at + "horizon"]
+    lr = float(torch.exp(meta["log_lr"] + fraction_features(t, horizon) @ meta["schedule"]))
+    new: State = {**state, **{rule_at + k: dict(rule_state[k]) for k in ACCUMULATORS if k in rule_state}}
     for prefix, _ in filter(None, [lay.rule, lay.step, lay.base, lay.vector_adam]):
         if prefix + "t" in state:  # every piece's step count advances
             new[prefix + "t"] = state[prefix + "t"] + 1
     groups = lay.partition._split(params) if lay.partition is not None else {"matrix": params}
     eps = lay.normalize_eps
+    if groups.get("matrix"):
+        layers = rule.layers_at(meta, t, horizon)
+        consts = fused.constants(fs, fs.decays(meta, ref))
     for name, p in groups.get("matrix", {}).items():
         s = scale.get(name, 1.0)
         acc = {k: rule_state[k][name] for k in ACCUMULATORS}
