@@ -228,13 +228,26 @@ def run(
     return results
 
 
+def _cpu() -> str:
+    """This machine's CPU model, core count and the vector ISA torch dispatches to."""
+    import os
+
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        model = platform.processor() or platform.machine()
+    return f"{os.cpu_count()}-core {model} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def markdown(results: Dict, command: str) -> str:
     sizes = list(results["sizes"])
     peak = results["matmul_gflops"]
     lines = [
         "# Optimizer step overhead",
         "",
-        f"Machine: 2-core CPU (AMD EPYC, AVX2), torch {torch.__version__} CPU, {torch.get_num_threads()} thread(s); "
+        f"Machine: {_cpu()}, torch {torch.__version__} CPU, {torch.get_num_threads()} thread(s); "
         f"{datetime.date.today().isoformat()}. Command: `{command}`.",
         "",
         "`l2o.LearnedOptimizer.step()` with fixed gradients on one d×d weight + d bias, minimum over repeats",

@@ -26,7 +26,7 @@ step, which stays the reference: tests check that both give the same parameters 
 
 The kernel is compiled once per machine with `torch.utils.cpp_extension` (needs GCC or Clang, as
 `torch.compile` on CPU does, and ninja) into torch's extension cache. Its AVX instructions are
-behind `#if defined(__AVX__)`: elsewhere (ARM, x86 without AVX) the same code compiles to the
+behind `#if defined(__AVX__)` (with AVX-512, 16-wide vectors): elsewhere (ARM, x86 without AVX) the same code compiles to the
 compiler's portable vector lowering, and OpenMP is asked for only where the compiler has it (not
 Apple's clang: the kernel then runs on one thread). Where no kernel can be had (no compiler, no
 ninja, MSVC, a failed build) `available()` is False, `unavailable_reason()` says why, the `torch.optim`
