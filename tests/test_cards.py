@@ -24,10 +24,18 @@ def test_the_shipped_checkpoint_is_summarized_from_its_header():
     card = cards.summary("lstm-quadratic10")
     assert (card.name, card.architecture, card.suite) == ("lstm-quadratic10", header["architecture"], info["suite"])
     assert card.horizon == str(info["config"]["horizon"])
-    assert card.domain == get_suite(info["suite"]).description  # no card fields yet: from the suite
+    assert (card.domain, card.headline) == (info["card"]["domain"], info["card"]["headline"])
+    assert "quadratics only" in card.domain  # what it is not for, where `l2o list` shows it
+    assert card.model_card == info["model_card"]
+
+
+def test_without_card_fields_the_summary_comes_from_the_suite_and_the_evaluation(tmp_path):
+    _, header = checkpoints.read_tensors(checkpoints.resolve("lstm-quadratic10"))
+    info = {k: v for k, v in header["info"].items() if k != "card"}
+    card = cards.summary(_save(tmp_path / "bare.safetensors", info))
+    assert card.domain == get_suite(info["suite"]).description
     first = info["evaluation"]["horizon_100"]
     assert f"{first['median_final']:.3g}" in card.headline and f"{first['tuned_adam_median_final']:.3g}" in card.headline
-    assert card.model_card == info["model_card"]
 
 
 def test_card_fields_win_and_a_log_uniform_horizon_reads_as_a_range(tmp_path):
