@@ -23,7 +23,7 @@ structure), `cnn` = ConvClassifierFamily on digits, `lm` = the small causal tran
 
     python benchmarks/meta_train_throughput.py [--families digits-mlp] [--estimators pes tbptt]
         [--archs mlp celo] [--tasks 8 32] [--unrolls 20 50] [--modes eager compiled] [--procs 1 2]
-        [--repeats 5] [--json out.json]
+        [--repeats 5] [--json out.json] [--compile-options '{"cpp_wrapper": false}']
 
 `--engine` instead runs the older engine comparison (LSTM 2×20, truncated backprop): l2o's vmapped
 unroll vs a Python loop over tasks vs `higher`, on `--task mlp|quadratic`.
@@ -436,12 +436,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--plain-steps", type=int, default=200, help="plain Adam steps per interleaved repeat")
     parser.add_argument("--json", help="also write the rows as JSON")
+    parser.add_argument("--compile-options", help='JSON for truncation.COMPILE_OPTIONS, e.g. {} (A/B of the default)')
     parser.add_argument("--engine", action="store_true", help="the LSTM engine table instead (see doc)")
     parser.add_argument("--task", choices=["mlp", "quadratic"], default="mlp", help="engine table: task")
     parser.add_argument("--hidden", type=int, default=45, help="engine table: MLP width (45 ⇒ ≈3.4k parameters)")
     parser.add_argument("--no-higher", action="store_true", help="engine table: skip higher")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.compile_options is not None:
+        from l2o.meta_train import truncation
+
+        truncation.COMPILE_OPTIONS = json.loads(args.compile_options)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"threads=1, load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}")
     if args.engine:
