@@ -1,7 +1,11 @@
 """Small problems the optimizer tests share: parameters of every rank, a loss with dead coordinates,
 a functional run, and a conv/linear/embedding/norm module for the torch.optim adapter."""
 
+import pytest
 import torch
+
+from l2o.meta_train.truncation import compile_unavailable
+from l2o.optimizers import fused
 
 HORIZON = 50.0
 SMOOTHNESS = 20.0  # an upper bound of loss_of's curvature, for ntk_gd's step c/L
@@ -80,3 +84,12 @@ def train_mixed(model, opt, tokens, target, steps):
         return loss
 
     return [float(opt.step(closure).detach()) for _ in range(steps)]
+
+
+# Why this machine has no fused kernel (no compiler, no ninja, L2O_NO_KERNEL=1), or None; tests of
+# the kernel are skipped with that reason, never silently.
+KERNEL_MISSING = fused.unavailable_reason()
+needs_kernel = pytest.mark.skipif(KERNEL_MISSING is not None, reason=str(KERNEL_MISSING))
+# torch.compile on CPU generates C++: without a compiler the compiled-mode tests are skipped with why.
+COMPILER_MISSING = compile_unavailable(torch.device("cpu"))
+needs_compiler = pytest.mark.skipif(COMPILER_MISSING is not None, reason=str(COMPILER_MISSING))

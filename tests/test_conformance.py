@@ -18,7 +18,7 @@ from torch.func import vmap
 import l2o
 from l2o import checkpoints, optimizers
 from l2o.tree import leaves
-from problems import HORIZON, MixedNet, context, loss_of, mixed_data, params_of_every_rank, run, train_mixed
+from problems import HORIZON, MixedNet, context, loss_of, mixed_data, needs_kernel, params_of_every_rank, run, train_mixed
 
 
 def _variants():
@@ -211,6 +211,7 @@ def test_adapter_trains_a_mixed_module_and_its_state_dict_round_trips_bitwise(na
 FUSED = [(n, h) for n, h in VARIANTS if optimizers.get(n).has_fused_step]
 
 
+@needs_kernel
 @pytest.mark.parametrize("name,hyper", FUSED, ids=[f"{n}-{h.get('init')}" for n, h in FUSED])
 def test_fused_step_equals_the_functional_step(name, hyper, gen):
     """(tests/test_fused.py checks every tensor layout and option of the kernel; this is the

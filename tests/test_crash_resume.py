@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from l2o import checkpoints
+from l2o.errors import ConfigError
 from l2o.meta_train import MetaTrainer, load_config
+from problems import needs_compiler
 
 OVERRIDES = [
     'optimizer="lstm"',
@@ -36,7 +38,7 @@ def _saved_step(run) -> int:
     [
         [],  # truncated backprop (the differentiable truncation)
         ["estimator=pes"],  # forward-only truncations
-        ["estimator=pes", 'optimizer="adam"', "optimizer_args={}", "compile=true"],  # compiled steps
+        pytest.param(["estimator=pes", 'optimizer="adam"', "optimizer_args={}", "compile=true"], marks=needs_compiler),
     ],
     ids=["tbptt", "pes", "pes-compiled"],
 )
@@ -78,3 +80,10 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, extra):
     for a, b in zip(straight.groups, resumed.groups):
         assert a.task_index == b.task_index and torch.equal(a.params["x"], b.params["x"])
     assert checkpoints.load(run / "checkpoint.safetensors")[2]["outer_steps"] == total
+
+
+def test_compile_without_a_compiler_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(ConfigError, match="compile = true: torch.compile on CPU needs a C\\+\\+ compiler"):
+        MetaTrainer(load_config(None, OVERRIDES + ["compile=true"]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is claimed

@@ -18,11 +18,8 @@ import pytest
 import torch
 
 import l2o
-from problems import MixedNet, train_mixed
+from problems import KERNEL_MISSING, MixedNet, needs_kernel, train_mixed
 from l2o.optimizers import build, fused
-
-KERNEL_MISSING = fused.unavailable_reason()
-needs_kernel = pytest.mark.skipif(KERNEL_MISSING is not None, reason=str(KERNEL_MISSING))
 
 # rank 0-4; square, wide, tall, (n,1)/(1,n); conv weights whose factored dims are not the last two;
 # last dims longer than the kernel's tile (64) and tensors spanning several parallel chunks (16384).

@@ -13,13 +13,11 @@ import torch
 
 import l2o
 from l2o import optimizers
-from l2o.optimizers import fused
+from problems import needs_kernel
 
 SHAPES = [(6, 5), (5,), (3, 2, 2)]
 BAD = [(0, (1, 2), float("nan")), (2, (0, 1, 1), float("inf"))]  # (tensor, index, value)
 CONTEXT = {"ntk_gd": {"smoothness": 1.0}}
-KERNEL_MISSING = fused.unavailable_reason()  # (no compiler, no ninja, L2O_NO_KERNEL=1)
-NEEDS_KERNEL = pytest.mark.skipif(KERNEL_MISSING is not None, reason=str(KERNEL_MISSING))
 
 
 def _cases():
@@ -30,7 +28,7 @@ def _cases():
             continue
         yield pytest.param(name, {"fused": False}, id=f"{name}-functional")
         if optimizers.get(name).has_fused_step:
-            yield pytest.param(name, {"fused": True}, id=f"{name}-fused", marks=NEEDS_KERNEL)
+            yield pytest.param(name, {"fused": True}, id=f"{name}-fused", marks=needs_kernel)
 
 
 def _make(name, options, params):

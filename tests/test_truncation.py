@@ -8,6 +8,7 @@ from l2o import optimizers
 from l2o.meta_train.truncation import Truncation
 from l2o.meta_train.unroll import batched_unroll, meta_loss
 from l2o.task_distributions import MLPClassifierFamily, TaskBatch
+from problems import needs_compiler
 
 K, B = 4, 3
 
@@ -49,6 +50,7 @@ def test_differentiable_truncation_gives_the_same_meta_gradient():
     assert all(torch.equal(a, b) for a, b in zip(grads, g_ref))
 
 
+@needs_compiler
 def test_compiled_truncations_match_eager_ones():
     """One compile each (a small optimizer keeps the test quick): forward-only with per-trajectory
     meta-params (PES) in chunks of two steps, and differentiable (truncated backprop)."""

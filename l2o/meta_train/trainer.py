@@ -27,6 +27,7 @@ from l2o.meta_train.config import Config
 from l2o.meta_train.distributed import Collective
 from l2o.meta_train.estimators import build_estimator
 from l2o.meta_train.schedules import HorizonSchedule
+from l2o.meta_train.truncation import compile_unavailable
 from l2o.meta_train.unroll import TaskGroup
 from l2o.meta_train.validation import MetaValidator
 from l2o.task_distributions import get_suite
@@ -63,6 +64,8 @@ class MetaTrainer:
             collective, device = distributed.from_env(device)
         self.collective, self.device = collective, device
         self.progress = progress and collective.is_main
+        if config.compile and compile_unavailable(device):
+            raise ConfigError(f"compile = true: {compile_unavailable(device)}; or set compile = false")
         self._check_directory(resume, overwrite)
         self.lopt = optimizers.build(config.optimizer, **config.optimizer_args)
         if not self.lopt.meta_trainable:

@@ -25,7 +25,7 @@ uninterrupted one. Compiled and eager results agree to float rounding, not bitwi
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -44,6 +44,21 @@ STEPS_PER_CALL = 1  # compiled steps per call: see the module doc and benchmarks
 # (benchmarks/RESULTS.md).
 COMPILE_OPTIONS = {"cpp_wrapper": True}
 _COMPILED: Dict[tuple, Callable] = {}  # compiled chunks, shared by every group and generation
+
+
+def compile_unavailable(device: torch.device) -> Optional[str]:
+    """Why `compile=True` cannot work here, or None: on CPU, torch.compile generates C++ and needs
+    a compiler (without one it fails deep inside inductor at the first step)."""
+    if device.type != "cpu":
+        return None
+    import shutil
+
+    from torch.utils import cpp_extension
+
+    compiler = cpp_extension.get_cxx_compiler()
+    if shutil.which(compiler) is None:
+        return f"torch.compile on CPU needs a C++ compiler ({compiler!r} not found; install g++ or clang++, or set CXX)"
+    return None
 
 
 def steps_chunk(lopt: FunctionalOptimizer, loss_fn: Callable, n: int, per_task_meta: bool, second_order: bool = True):
