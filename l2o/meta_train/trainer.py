@@ -64,8 +64,9 @@ class MetaTrainer:
             collective, device = distributed.from_env(device)
         self.collective, self.device = collective, device
         self.progress = progress and collective.is_main
-        if config.compile and compile_unavailable(device):
-            raise ConfigError(f"compile = true: {compile_unavailable(device)}; or set compile = false")
+        no_compile = compile_unavailable(device) if config.compile else None
+        if no_compile:
+            raise ConfigError(f"compile = true: {no_compile}; or set compile = false")
         self._check_directory(resume, overwrite)
         self.lopt = optimizers.build(config.optimizer, **config.optimizer_args)
         if not self.lopt.meta_trainable:

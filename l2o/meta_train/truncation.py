@@ -33,6 +33,7 @@ from torch.func import vmap
 
 from l2o.meta_train.unroll import make_step
 from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State
+from l2o.optimizers.fused import missing_cxx_compiler
 from l2o.task_distributions.base import Batch
 
 # Families with sampled architectures meet dozens of shapes; dynamo's default of 8 compiled graphs
@@ -49,16 +50,8 @@ _COMPILED: Dict[tuple, Callable] = {}  # compiled chunks, shared by every group 
 def compile_unavailable(device: torch.device) -> Optional[str]:
     """Why `compile=True` cannot work here, or None: on CPU, torch.compile generates C++ and needs
     a compiler (without one it fails deep inside inductor at the first step)."""
-    if device.type != "cpu":
-        return None
-    import shutil
-
-    from torch.utils import cpp_extension
-
-    compiler = cpp_extension.get_cxx_compiler()
-    if shutil.which(compiler) is None:
-        return f"torch.compile on CPU needs a C++ compiler ({compiler!r} not found; install g++ or clang++, or set CXX)"
-    return None
+    no_compiler = missing_cxx_compiler() if device.type == "cpu" else None
+    return f"torch.compile on CPU needs a C++ compiler ({no_compiler})" if no_compiler else None
 
 
 def steps_chunk(lopt: FunctionalOptimizer, loss_fn: Callable, n: int, per_task_meta: bool, second_order: bool = True):

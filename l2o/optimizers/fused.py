@@ -101,15 +101,26 @@ def extension_name(flags: List[str]) -> str:
     return f"l2o_per_param_mlp_{hashlib.sha1(code + ' '.join(flags).encode()).hexdigest()[:12]}"
 
 
+def missing_cxx_compiler() -> Optional[str]:
+    """Why the C++ compiler torch would use (CXX, else its default) is not here, or None. The
+    kernel's build needs it, and so does torch.compile on CPU."""
+    from torch.utils import cpp_extension
+
+    compiler = cpp_extension.get_cxx_compiler()
+    if shutil.which(compiler) is None:
+        return f"{compiler!r} not found; install g++ or clang++, or set CXX"
+    return None
+
+
 def _missing_tool() -> Optional[str]:
     """Why no build can start here (cheap checks, repeated per process), or None."""
     from torch.utils import cpp_extension
 
     if sys.platform == "win32":
         return "it is written for GCC/Clang (vector extensions) and MSVC cannot compile it"
-    compiler = cpp_extension.get_cxx_compiler()
-    if shutil.which(compiler) is None:
-        return f"no C++ compiler ({compiler!r} not found; install g++ or clang++, or set CXX)"
+    no_compiler = missing_cxx_compiler()
+    if no_compiler:
+        return f"no C++ compiler ({no_compiler})"
     if not cpp_extension.is_ninja_available():
         return "ninja is not on PATH (pip install ninja, or activate the environment that has it)"
     return None
