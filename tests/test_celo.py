@@ -166,3 +166,68 @@ def test_adapter_state_round_trip_is_exact():
     run(fresh, 3)
     for a, b in zip(after, model.parameters()):
         assert torch.equal(a, b.detach())
+
+
+def _matrix_step_rms(opt, meta, params, grads, context=None):
+    updates, _ = opt.update(meta, grads, opt.init_state(meta, params, context), params)
+    return {k: float(u.square().mean().sqrt()) for k, u in updates.items()}
+
+
+def test_spectral_cap_leaves_meta_training_shapes_alone_and_shrinks_wider_ones():
+    """max_side = 64: sides ≤ 64 keep unit-RMS × lr; a 256-wide matrix gets sqrt(64/256) of it, a
+    conv kernel (32, 16, 3, 3) min(sqrt(64/144), sqrt(32/144)); vectors (AdamW) are untouched."""
+    capped, plain = optimizers.build("celo", max_side=64), optimizers.build("celo")
+    meta = plain.init_meta()
+    g = torch.Generator().manual_seed(0)
+    params = {"small": torch.randn(64, 40, generator=g), "wide": torch.randn(32, 256, generator=g),
+              "conv": torch.randn(32, 16, 3, 3, generator=g), "b": torch.randn(32, generator=g)}  # fmt: skip
+    grads = {k: torch.randn(v.shape, generator=g) for k, v in params.items()}
+    a, b = _matrix_step_rms(capped, meta, params, grads), _matrix_step_rms(plain, meta, params, grads)
+    expected = {"small": 1.0, "wide": 0.5, "conv": math.sqrt(32 / 144), "b": 1.0}
+    for k, factor in expected.items():
+        assert math.isclose(a[k], b[k] * factor, rel_tol=1e-5), (k, a[k] / b[k])
+
+
+def test_runs_past_max_horizon_follow_the_schedule_then_decay():
+    """max_horizon = 100: a 400-step run takes the 100-step run's learning rates for its first 100
+    steps, then the last one × sqrt(100/t); the uncapped optimizer stretches the schedule instead."""
+    from l2o.optimizers.celo import learned_lr
+
+    meta = optimizers.build("celo").init_meta()
+    meta["schedule"] = torch.linspace(-1, 1, meta["schedule"].numel())
+    capped = optimizers.build("celo", max_horizon=100)
+    params = {"w": torch.randn(4, 4)}
+
+    def lrs(opt, T, ts):
+        state = opt.init_state(meta, params, {"horizon": T})
+        horizons = {float(v) for k, v in state.items() if k.endswith("horizon")}  # every clock's
+        assert len(horizons) == 1
+        horizon = torch.tensor(horizons.pop())
+        return [float(learned_lr(meta, torch.tensor(float(t)), horizon)) for t in ts]
+
+    short = lrs(optimizers.build("celo"), 100, [1, 50, 100])
+    long = lrs(capped, 400, [1, 50, 100, 250, 400])
+    assert long[:3] == short
+    torch.testing.assert_close(torch.tensor(long[3:]), torch.tensor([short[-1] * 0.4**0.5, short[-1] * 0.5]))
+    assert lrs(optimizers.build("celo"), 400, [50])[0] != short[1]
+
+
+def test_fused_step_equals_functional_with_both_extrapolation_rules():
+    """The kernel path applies the spectral cap and the horizon cap as the composition does."""
+    lopt = optimizers.build("celo", max_side=8, max_horizon=5)
+    if lopt.fused_unsupported():
+        pytest.skip(lopt.fused_unsupported())
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 12, 3), torch.nn.Flatten(), torch.nn.Linear(12 * 4, 3))
+    x, y = torch.randn(16, 2, 4, 4), torch.randint(0, 3, (16,))
+    runs = []
+    for fused in (True, False):
+        m = copy.deepcopy(model)
+        opt = l2o.LearnedOptimizer(m.parameters(), optimizer=lopt, num_steps=12, fused=fused)
+        for _ in range(12):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+        runs.append([p.detach() for p in m.parameters()])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # 12 steps of float rounding

@@ -72,6 +72,7 @@ class CeloRule(FunctionalOptimizer):
     layers: int = 2
     features: FeatureSet = FeatureSet(CELO_MOMENTUM_DECAYS, CELO_RMS_DECAY, CELO_ADAFACTOR_DECAYS)
     zero_last: bool = True
+    max_horizon: Optional[float] = None
 
     @property
     def n_inputs(self) -> int:
@@ -85,13 +86,15 @@ class CeloRule(FunctionalOptimizer):
         return meta
 
     def init_state(self, meta, params, context=None) -> State:
-        return {**clock_state(params, context), **self.features.init_state(params)}
+        return {**clock_state(params, context, self.max_horizon), **self.features.init_state(params)}
 
     def layers_at(self, meta, t: Tensor, horizon: Tensor):
         """The MLP at step t: time and progress features are the same for every coordinate, so they
-        enter the first layer as a bias."""
+        enter the first layer as a bias. Past the horizon (a capped one: `clock_state`) the clock
+        stops, so the features stay in the range meta-training showed the MLP."""
         layers = layers_from(meta, "celo", self.layers + 1)
         w0, b0 = layers[0]
+        t = torch.minimum(t, horizon)
         clock = torch.cat([time_features(t), fraction_features(t, horizon)])
         layers[0] = (w0[: self.features.size], b0 + clock @ w0[self.features.size :])
         return layers
@@ -135,17 +138,26 @@ class LearnedStepSize(FunctionalOptimizer):
 
     name = "learned_step_size"
     lr: float = 1e-3
+    max_horizon: Optional[float] = None
 
     def init_meta(self, generator: Optional[torch.Generator] = None) -> MetaParams:
         return {"log_lr": torch.tensor(math.log(self.lr)), "schedule": torch.zeros(len(FRACTION_TAUS))}
 
     def init_state(self, meta, params, context=None) -> State:
-        return clock_state(params, context)
+        return clock_state(params, context, self.max_horizon)
 
     def update(self, meta, grads, state, params, loss=None):
         t = state["t"] + 1
-        lr = torch.exp(meta["log_lr"] + fraction_features(t, state["horizon"]) @ meta["schedule"])
+        lr = learned_lr(meta, t, state["horizon"])
         return {k: -lr * u for k, u in grads.items()}, {"t": t, "horizon": state["horizon"]}
+
+
+def learned_lr(meta, t: Tensor, horizon: Tensor) -> Tensor:
+    """lr_t = exp(log_lr + w·progress(t/T)); past the schedule's end (t > T) its final value decays
+    as sqrt(T/t), so that a normalized step, whose size does not shrink with the gradient, can
+    still settle on runs longer than the schedule."""
+    tail = torch.clamp(horizon / t, max=1.0).sqrt()
+    return torch.exp(meta["log_lr"] + progress_features(t, horizon) @ meta["schedule"]) * tail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +175,9 @@ class Celo(T.Composed):
     adam_betas: Tuple[float, float] = (0.9, 0.95)  # the harness's AdamW for vectors
     ns_steps: int = 5
     vector_names: Tuple[str, ...] = VECTOR_NAMES
+    # Extrapolation past meta-training (None: off; the shipped checkpoint sets both, docs/celo.md):
+    max_side: Optional[int] = None  # the widest matrix side meta-trained on: caps larger ones' spectral step
+    max_horizon: Optional[float] = None  # the longest horizon meta-trained on: longer runs then decay the lr
     has_fused_step = True  # celo_fused.py: the rule through the fused CPU kernel, for inference
 
     def fused_unsupported(self) -> Optional[str]:
@@ -186,25 +201,36 @@ class Celo(T.Composed):
 
     def build(self) -> T.Chain:
         deterministic = self.init == "deterministic"
-        rule = CeloRule(self.hidden, self.layers, zero_last=deterministic)
+        rule = CeloRule(self.hidden, self.layers, zero_last=deterministic, max_horizon=self.max_horizon)
         if self.harness:
             base = T.chain(T.TraceMomentum(self.momentum, nesterov=True), T.NormalizeRMS())
             learned = T.Sum(base, rule) if deterministic else rule
-            matrices = T.chain(learned, T.Orthogonalize(self.ns_steps), T.NormalizeRMS())
+            matrices = T.chain(learned, T.Orthogonalize(self.ns_steps), T.NormalizeRMS(), T.CapSpectralNorm(self.max_side))
             vectors = T.scale_by_adam(*self.adam_betas)
             direction = T.partition(T.by_name_or_ndim(self.vector_names), {"matrix": matrices, "vector": vectors})
         else:
             base = T.chain(T.scale_by_adam(0.9, 0.999), T.NormalizeRMS())
             direction = T.chain(T.Sum(base, rule) if deterministic else rule, T.NormalizeRMS())
-        return T.chain(direction, T.add_decayed_weights(self.weight_decay), LearnedStepSize(self.lr))
+        return T.chain(direction, T.add_decayed_weights(self.weight_decay), LearnedStepSize(self.lr, self.max_horizon))
 
 
-def clock_state(params: Params, context) -> State:
-    """Step count t and planned horizon T (inf when unknown: progress t/T then stays 0)."""
+def clock_state(params: Params, context, max_horizon: Optional[float] = None) -> State:
+    """Step count t and planned horizon T (inf when unknown: progress t/T then stays 0).
+
+    A T beyond `max_horizon` (the longest meta-training horizon) is read as max_horizon: the learned
+    schedule runs its meta-trained course over the first max_horizon steps and then decays from its
+    final value (`learned_lr`), instead of being stretched to lengths it was never trained for."""
     ref = next(iter(params.values()))
     horizon = (context or {}).get("horizon")
-    horizon = torch.full((), math.inf) if horizon is None else torch.as_tensor(horizon).clamp_min(1.0)
+    horizon = torch.full((), math.inf) if horizon is None else torch.as_tensor(horizon).to(ref).clamp_min(1.0)
+    if max_horizon is not None:
+        horizon = horizon.clamp_max(float(max_horizon))
     return {"t": ref.new_zeros(()), "horizon": horizon.to(ref)}
+
+
+def progress_features(t: Tensor, horizon: Tensor) -> Tensor:
+    """Training-progress features of step t of T, held at t = T past the end."""
+    return fraction_features(torch.minimum(t, horizon), horizon)
 
 
 @dataclasses.dataclass(frozen=True)

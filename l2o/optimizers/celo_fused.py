@@ -31,7 +31,7 @@ import torch
 from l2o.optimizers import fused
 from l2o.optimizers import transforms as T
 from l2o.optimizers.base import State
-from l2o.optimizers.features import ACCUMULATORS, fraction_features
+from l2o.optimizers.features import ACCUMULATORS
 
 
 def _leaves(t, prefix: str = "") -> Iterator[Tuple[str, object]]:
@@ -62,6 +62,7 @@ class Layout:
     orthogonalize: int  # Newton–Schulz steps on the matrices' directions (0: none)
     normalize_eps: float
     weight_decay: float
+    max_side: Optional[int]  # CapSpectralNorm's
 
 
 @functools.lru_cache(maxsize=64)
@@ -85,6 +86,7 @@ def layout(lopt) -> Layout:
         orthogonalize=found[T.Orthogonalize][0][1].steps if T.Orthogonalize in found else 0,
         normalize_eps=found[T.NormalizeRMS][0][1].eps,
         weight_decay=found[T.AddDecayedWeights][0][1].weight_decay,
+        max_side=found[T.CapSpectralNorm][0][1].max_side if T.CapSpectralNorm in found else None,
     )
 
 
@@ -133,6 +135,8 @@ def fused_step(lopt, meta, params, grads, state, scale=None, contain: Optional[f
     """`Celo.update` + the step, through the kernel: writes parameters and state in place and
     returns the new State (the contract of `MLPOptimizer.fused_step`; `contain` as in
     `fused.plan_contained`)."""
+    from l2o.optimizers.celo import learned_lr
+
     scale = scale or {}
     lay = layout(lopt)
     (rule_at, rule), (step_at, _) = lay.rule, lay.step
@@ -140,7 +144,7 @@ def fused_step(lopt, meta, params, grads, state, scale=None, contain: Optional[f
     ref = next(iter(params.values()))
     rule_state = _sub(state, rule_at)  # (empty when celo's harness routed every tensor to AdamW)
     t, horizon = state[step_at + "t"] + 1, state[step_at + "horizon"]
-    lr = float(torch.exp(meta["log_lr"] + fraction_features(t, horizon) @ meta["schedule"]))
+    lr = float(learned_lr(meta, t, horizon))
     new: State = {**state, **{rule_at + k: dict(rule_state[k]) for k in ACCUMULATORS if k in rule_state}}
     for prefix, _ in filter(None, [lay.rule, lay.step, lay.base, lay.vector_adam]):
         if prefix + "t" in state:  # every piece's step count advances
@@ -165,12 +169,14 @@ def fused_step(lopt, meta, params, grads, state, scale=None, contain: Optional[f
         coef = 1.0 / (math.sqrt(tp.base_mean_square) + eps) if lay.base is not None else 0.0
         out = _output_buffer(p)
         squares = fused.apply(fs, consts, tp, layers, 1.0, 0.0, out=out, base_coef=coef)
+        cap = 1.0
         if lay.orthogonalize and p.dim() >= 2:
             out = newton_schulz(out.reshape(p.shape[0], -1), lay.orthogonalize).reshape(p.shape)
             squares = float(out.square().sum())
+            cap = T.spectral_cap(p.shape, lay.max_side)
         if lay.weight_decay:
             p.mul_(1 - s * lr * lay.weight_decay)
-        p.add_(out, alpha=-s * lr / (math.sqrt(squares / p.numel()) + eps))
+        p.add_(out, alpha=-s * lr * cap / (math.sqrt(squares / p.numel()) + eps))
         for k in ACCUMULATORS:
             new[rule_at + k][name] = tp.acc[k]
     if lay.vector_adam is not None:

@@ -362,6 +362,39 @@ class Orthogonalize(_Stateless):
         return tree_map(ortho, grads), state
 
 
+def spectral_cap(shape: Sequence[int], max_side: Optional[int]) -> float:
+    """The factor `CapSpectralNorm` gives an orthogonalized, RMS-normalized update of this shape."""
+    if max_side is None or len(shape) < 2:
+        return 1.0
+    rows, cols = shape[0], math.prod(shape[1:])
+    factor = min(1.0, math.sqrt(max_side / max(rows, cols)))
+    if len(shape) > 2:  # a conv kernel (out, in, *k): fan-in in·k is known from PyTorch's layout
+        factor = min(factor, math.sqrt(rows / cols))
+    return factor
+
+
+@dataclasses.dataclass(frozen=True)
+class CapSpectralNorm(_Stateless):
+    """Keeps an orthogonalized update of unit RMS from growing with its matrix's size.
+
+    After `Orthogonalize` and `NormalizeRMS` an m×n update has every singular value ≈ sqrt(max(m, n)):
+    at a fixed learning rate its spectral norm, which bounds how much the layer's output can move
+    per step, grows with the wider side. A rule meta-trained on matrices of side ≤ `max_side` has
+    never taken a larger spectral step, so beyond it the update is scaled to sqrt(max_side/max(m, n))
+    — on every shape seen in meta-training the factor is 1. A convolution kernel (out, in, *k),
+    whose fan-in in·k the layout gives, is also held to the spectral condition of feature learning,
+    ||ΔW|| ∝ sqrt(fan_out/fan_in) (Yang, Simon & Bernstein 2023), never above 1. `max_side=None`: off.
+    """
+
+    name = "cap_spectral_norm"
+    max_side: Optional[int] = None
+
+    def update(self, meta, grads, state, params, loss=None):
+        if self.max_side is None:
+            return grads, state
+        return tree_map(lambda u: u * spectral_cap(u.shape, self.max_side), grads), state
+
+
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByAdam:
     return ScaleByAdam(b1, b2, eps)
 
