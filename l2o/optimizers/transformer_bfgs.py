@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2o.optimizers.base import MetaParams, Params, State
-from l2o.optimizers.coordinatewise import CHUNK, eager_inference, rows_in_chunks, softmax_last
+from l2o.optimizers.coordinatewise import CHUNK, eager_inference, rows_in_chunks
 from l2o.optimizers.features import (
     ACCUMULATORS,
     TIME_SCALES,
@@ -121,22 +121,40 @@ def spd_update(B: Tensor, u: Tensor, w: Tensor, rho_scale: Tensor, floor: float,
     return 0.5 * (B + B.transpose(-1, -2))
 
 
-def _attention(x: Tensor, key_bias: Tensor, meta: MetaParams, prefix: str, heads: int) -> Tensor:
-    """Multi-head self-attention over the coordinates of each block: x (NB, b, E)."""
-    nb, b, e = x.shape
-    dh = e // heads
-    split = lambda y: y.reshape(nb, b, heads, dh).transpose(1, 2)  # (NB, heads, b, dh)
-    q = split(x @ meta[f"{prefix}.q.w"] + meta[f"{prefix}.q.b"])
-    k = split(x @ meta[f"{prefix}.k.w"] + meta[f"{prefix}.k.b"])
-    v = split(x @ meta[f"{prefix}.v.w"] + meta[f"{prefix}.v.b"])
-    logits = q @ k.transpose(-1, -2) / math.sqrt(dh) + key_bias[:, None, None, :]
-    weights = softmax_last(logits) if eager_inference() else torch.softmax(logits, dim=-1)
-    out = (weights @ v).transpose(1, 2).reshape(nb, b, e)
-    return out @ meta[f"{prefix}.o.w"] + meta[f"{prefix}.o.b"]
+def _norm_linear(x: Tensor, w: Tensor, c: Tensor, centring: Tensor, eps: float = 1e-5) -> Tensor:
+    """LayerNorm(x)·W + c for (w, c) from `_fold`, x (R, e): the norm's affine is folded into the
+    weights and its centring and row scale commute with the product, so no normalized copy of x is
+    made. `centring` is I - 11ᵀ/e: rows' means and variances come from matmuls, as reductions over
+    rows of e ≈ 16 run far slower on the CPU (torch's layer_norm there costs as much as five
+    elementwise passes)."""
+    xc = x @ centring
+    var = (xc * xc) @ centring.new_full((x.shape[-1], 1), 1 / x.shape[-1])
+    return torch.addcmul(c, xc @ w, torch.rsqrt(var + eps))
 
 
-def _layer_norm(x: Tensor, meta: MetaParams, prefix: str) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], meta[f"{prefix}.w"], meta[f"{prefix}.b"])
+def _fold(meta: MetaParams, ln: str, w: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """(w, c) of LayerNorm `ln` followed by the linear (w, b): LN(x)·W + b = x̂·(diag(γ)W) + (βW + b)
+    for x̂ the unit-variance centred x."""
+    return meta[f"{ln}.w"][:, None] * w, meta[f"{ln}.b"] @ w + b
+
+
+def _attention(qkv: Tensor, key_bias: Optional[Tensor], heads: int, nb: int) -> Tensor:
+    """Multi-head self-attention over the coordinates of each of nb blocks. qkv (nb·b, heads·3·dh):
+    per head its q (already scaled by 1/sqrt(dh)), k and v side by side; key_bias (nb, b) or None
+    (no padded keys). Returns the heads' outputs, (heads, nb·b, dh).
+
+    One batched product over heads × blocks, not one per head; the logits are laid out keys-first,
+    (b, heads·nb, b), so the softmax reduces over the outermost dimension: over the last one
+    (8 wide) it runs ~3× slower on the CPU."""
+    b = qkv.shape[0] // nb
+    dh = qkv.shape[-1] // (3 * heads)
+    qkv = qkv.reshape(nb * b, heads, 3 * dh).transpose(0, 1).reshape(heads * nb, b, 3 * dh)
+    q, k, v = qkv.split(dh, dim=-1)
+    logits = k @ q.transpose(-1, -2)  # (heads·nb, key, query)
+    if key_bias is not None:
+        logits = (logits.reshape(heads, nb, b, b) + key_bias[..., None]).reshape(heads * nb, b, b)
+    weights = torch.softmax(logits.transpose(0, 1).contiguous(), dim=0)  # (key, heads·nb, query)
+    return (weights.permute(1, 2, 0) @ v).reshape(heads, nb * b, dh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,24 +230,54 @@ class TransformerBFGSRule(LearnedRule):
         }
 
     # -- step -----------------------------------------------------------------------------------
-    def _encode(self, meta: MetaParams, x: Tensor, mask: Tensor) -> Tensor:
-        key_bias = (1 - mask) * _MASKED
+    def _folded(self, meta: MetaParams) -> Dict[str, Tensor]:
+        """The encoder's weights as `_encode` uses them, computed once per step: each LayerNorm
+        folded into the linears that read it (`_norm_linear`), q, k and v side by side per head
+        with attention's 1/sqrt(head dim) in q, and the output projection split by head."""
+        E, H = self.embed, self.heads
+        dh = E // H
+        folded = {"centring": torch.eye(E, dtype=meta["embed.w"].dtype, device=meta["embed.w"].device) - 1 / E}
         for layer in range(self.layers):
             pre = f"enc{layer}"
-            x = x + _attention(_layer_norm(x, meta, f"{pre}.ln1"), key_bias, meta, pre, self.heads)
-            h = torch.relu(_layer_norm(x, meta, f"{pre}.ln2") @ meta[f"{pre}.ffn1.w"] + meta[f"{pre}.ffn1.b"])
-            x = x + h @ meta[f"{pre}.ffn2.w"] + meta[f"{pre}.ffn2.b"]
-        return _layer_norm(x, meta, "final_ln")
+            # [q | k | v] (each heads × dh wide) → per head [q_h | k_h | v_h], q scaled.
+            qkv = [meta[f"{pre}.{n}.{wb}"] for wb in ("w", "b") for n in ("q", "k", "v")]
+            w = torch.cat([qkv[0] / math.sqrt(dh), *qkv[1:3]], dim=1).reshape(E, 3, H, dh).transpose(1, 2)
+            b = torch.cat([qkv[3] / math.sqrt(dh), *qkv[4:6]]).reshape(3, H, dh).transpose(0, 1)
+            w, b = w.reshape(E, 3 * E), b.reshape(3 * E)
+            folded[f"{pre}.qkv.w"], folded[f"{pre}.qkv.b"] = _fold(meta, f"{pre}.ln1", w, b)
+            folded[f"{pre}.o.w"] = meta[f"{pre}.o.w"].reshape(H, dh, E)
+            ffn1 = _fold(meta, f"{pre}.ln2", meta[f"{pre}.ffn1.w"], meta[f"{pre}.ffn1.b"])
+            folded[f"{pre}.ffn1.w"], folded[f"{pre}.ffn1.b"] = ffn1
+        heads_w = torch.cat([meta["head.coord.w"], meta["head.block.w"]], dim=1)
+        heads_b = torch.cat([meta["head.coord.b"], meta["head.block.b"]])
+        folded["heads.w"], folded["heads.b"] = _fold(meta, "final_ln", heads_w, heads_b)
+        return folded
 
-    def _block_step(self, meta, t, inputs, mask, adam, s_hat, y_hat, B_prev) -> Tuple[Tensor, Tensor]:
+    def _encode(self, meta: MetaParams, folded: Dict[str, Tensor], x: Tensor, mask: Tensor) -> Tensor:
+        """The pre-LN encoder and the heads' linears: x (NB·b, E) → (NB·b, 5): d, u, w, a, gate logit."""
+        key_bias = (1 - mask) * _MASKED
+        centring = folded["centring"]
+        for layer in range(self.layers):
+            pre = f"enc{layer}"
+            qkv = _norm_linear(x, folded[f"{pre}.qkv.w"], folded[f"{pre}.qkv.b"], centring)
+            x = x + meta[f"{pre}.o.b"]
+            for out, w_o in zip(_attention(qkv, key_bias, self.heads, mask.shape[0]), folded[f"{pre}.o.w"]):
+                x = torch.addmm(x, out, w_o)
+            h = torch.relu(_norm_linear(x, folded[f"{pre}.ffn1.w"], folded[f"{pre}.ffn1.b"], centring))
+            x = torch.addmm(x + meta[f"{pre}.ffn2.b"], h, meta[f"{pre}.ffn2.w"])
+        return _norm_linear(x, folded["heads.w"], folded["heads.b"], centring)
+
+    def _block_step(self, meta, folded, t, inputs, mask, adam, s_hat, y_hat, B_prev) -> Tuple[Tensor, Tensor]:
         """The network and the preconditioner update, block by block: (new B, step) per block."""
+        nb, b, n_in = inputs.shape
         w_embed = meta["embed.w"]
-        bias = meta["embed.b"] + time_features(t) @ w_embed[self.n_inputs :]
-        x = self._encode(meta, inputs @ w_embed[: self.n_inputs] + bias, mask)
-        coord = (x @ meta["head.coord.w"] + meta["head.coord.b"]) * mask[..., None]
-        d, u_head, w_head = coord.unbind(-1)
-        pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        a, gate_logit = (pooled @ meta["head.block.w"] + meta["head.block.b"]).unbind(-1)
+        bias = meta["embed.b"] + time_features(t) @ w_embed[n_in:]
+        out = self._encode(meta, folded, inputs.reshape(nb * b, n_in) @ w_embed[:n_in] + bias, mask)
+        # Per coordinate: d and the u, w corrections; per block, the masked mean's a and gate logit
+        # (the heads are linear, so the mean of their outputs is their output on the mean).
+        out = out.reshape(nb, b, -1) * mask[..., None]
+        d, u_head, w_head = out[..., :3].unbind(-1)
+        a, gate_logit = (out[..., 3:].sum(1) / mask.sum(1, keepdim=True)).unbind(-1)
         if adam is not None:
             d = d + adam
         u, w = s_hat + u_head, y_hat + w_head
@@ -276,10 +324,11 @@ class TransformerBFGSRule(LearnedRule):
             torch.cat([y_hat for _, y_hat in secant]),
             torch.cat([state["B"][n] for n in names]),
         )
+        folded = self._folded(meta)
         if eager_inference():  # every block is independent from here on: in cache-sized chunks
-            B, delta = rows_in_chunks(functools.partial(self._block_step, meta, t), blocks, CHUNK // b)
+            B, delta = rows_in_chunks(functools.partial(self._block_step, meta, folded, t), blocks, CHUNK // b)
         else:
-            B, delta = self._block_step(meta, t, *blocks)
+            B, delta = self._block_step(meta, folded, t, *blocks)
 
         updates: Params = {}
         new_state: State = {"t": t, **{k: {} for k in ("B", "s", "g_prev", *ACCUMULATORS)}}
