@@ -1,11 +1,15 @@
 """Transformer-BFGS: the SPD preconditioner update, the step -exp(a)·B·d, B staying SPD over 1000
 steps, the closed gate (the registry-wide checks are in test_conformance.py)."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import problems
 from l2o import optimizers
+from l2o.optimizers import transformer_bfgs
 from l2o.optimizers.transformer_bfgs import block_mask, spd_update, to_blocks
 
 
@@ -111,6 +115,62 @@ def test_closed_gate_keeps_b_at_identity_but_gets_meta_gradient(gen, gate):
     assert all(torch.isfinite(g).all() for g in grads.values())
     for k in ("gate", "log_lr", "head.coord.w", "head.block.b"):
         assert grads[k].abs().sum() > 0, k
+
+
+def _reference_encoder(rule, meta, x, mask):
+    """The module docstring's network written plainly (torch's layer_norm, one head at a time, a
+    masked softmax over the keys): what `_encode`'s folded weights must reproduce."""
+    ln = lambda y, name: F.layer_norm(y, y.shape[-1:], meta[f"{name}.w"], meta[f"{name}.b"])
+    lin = lambda y, name: y @ meta[f"{name}.w"] + meta[f"{name}.b"]
+    dh = rule.embed // rule.heads
+    for layer in range(rule.layers):
+        pre = f"enc{layer}"
+        y = ln(x, f"{pre}.ln1")
+        q, k, v = (lin(y, f"{pre}.{n}") for n in "qkv")
+        heads = []
+        for h in range(rule.heads):
+            cols = slice(h * dh, (h + 1) * dh)
+            logits = q[..., cols] @ k[..., cols].transpose(-1, -2) / math.sqrt(dh)
+            weights = torch.softmax(logits.masked_fill(mask[:, None, :] == 0, -torch.inf), dim=-1)
+            heads.append(weights @ v[..., cols])
+        x = x + lin(torch.cat(heads, dim=-1), f"{pre}.o")
+        x = x + lin(torch.relu(lin(ln(x, f"{pre}.ln2"), f"{pre}.ffn1")), f"{pre}.ffn2")
+    x = ln(x, "final_ln")
+    return torch.cat([lin(x, "head.coord"), lin(x, "head.block")], dim=-1)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_folded_encoder_equals_the_plain_network(gen, grad):
+    rule = transformer_bfgs.TransformerBFGSRule(block_size=4, embed=8, heads=2)
+    meta = {k: v + 0.3 * torch.randn(v.shape, generator=gen) for k, v in rule.init_meta(gen).items()}  # LN affines too
+    x = 3 * torch.randn(5, 4, 8, generator=gen) + 2  # rows far from zero mean and unit variance
+    mask = block_mask(18, 4, x)  # the last block has 2 real coordinates
+    with torch.set_grad_enabled(grad):
+        got = rule._encode(meta, rule._folded(meta), x.reshape(20, 8), mask).reshape(5, 4, 5)
+    expected = _reference_encoder(rule, meta, x, mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_inference_equals_one_call(gen, monkeypatch):
+    """At eager inference the blocks of all tensors run in chunks (several per tensor, tensors
+    sharing one, padded and unpadded ones); with autograd on, one call over every block."""
+    lopt = _lopt()  # random init: the gate is open, so B moves
+    meta = lopt.init_meta(gen)
+    params = {"w": torch.randn(7, 6, generator=gen), "b": torch.randn(8, generator=gen), "s": torch.randn((), generator=gen)}
+    out = {}
+    for chunked in (False, True):
+        monkeypatch.setattr(transformer_bfgs, "CHUNK", 12 if chunked else 10**9)
+        p, state = dict(params), lopt.init_state(meta, params)
+        with torch.set_grad_enabled(not chunked):
+            for step in range(3):
+                grads = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(step)) for k, v in p.items()}
+                updates, state = lopt.update(meta, grads, state, p)
+                p = {k: p[k] + updates[k] for k in p}
+        out[chunked] = p, state["B"]
+    for got, expected in zip(out[True], out[False]):
+        for k in got:
+            torch.testing.assert_close(got[k], expected[k].detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_hyperparameters_raise_clear_errors():

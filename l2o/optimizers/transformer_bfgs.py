@@ -56,7 +56,6 @@ Init (`init`):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Dict, List, Optional, Tuple
 
@@ -65,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2o.optimizers.base import MetaParams, Params, State
-from l2o.optimizers.coordinatewise import CHUNK, eager_inference, rows_in_chunks
+from l2o.optimizers.coordinatewise import CHUNK, _pieces, eager_inference
 from l2o.optimizers.features import (
     ACCUMULATORS,
     TIME_SCALES,
@@ -104,38 +103,45 @@ def unit_rms(x: Tensor) -> Tensor:
 def spd_update(B: Tensor, u: Tensor, w: Tensor, rho_scale: Tensor, floor: float, mix: float) -> Tensor:
     """The damped, normalized inverse-BFGS update of the module docstring, batched over blocks.
 
-    B (..., b, b) SPD; u, w (..., b); rho_scale (...) ≥ 0. Returns an SPD (..., b, b).
+    B (..., b, b) SPD; u, w (..., b); rho_scale (...) ≥ 0. Returns an SPD (..., b, b). Written as
+    B' = B + u(γu - z)ᵀ - zuᵀ with z = ρBw and γ = ρ²wᵀBw + ρ, the dot products from one small
+    product, the normalization and symmetrization in one pass: the blocks are 8×8, so the cost is
+    the number of ops more than their size.
     """
     b = B.shape[-1]
-    wu = (w * u).sum(-1)
-    norms = u.norm(dim=-1) * w.norm(dim=-1)
-    rho = rho_scale / (torch.maximum(wu, floor * norms) + 1e-12)
     Bw = (B @ w.unsqueeze(-1)).squeeze(-1)
-    wBw = (w * Bw).sum(-1)
-    r = rho[..., None, None]
-    outer = lambda a, c: a.unsqueeze(-1) * c.unsqueeze(-2)
-    B = B - r * (outer(Bw, u) + outer(u, Bw)) + (r * r * wBw[..., None, None] + r) * outer(u, u)
+    dots = torch.stack([u, w], dim=-2) @ torch.stack([u, w, Bw], dim=-1)  # (..., 2, 3)
+    uu, wu, ww, wBw = dots[..., 0, 0], dots[..., 1, 0], dots[..., 1, 1], dots[..., 1, 2]
+    rho = rho_scale / (torch.maximum(wu, floor * safe_sqrt(uu * ww)) + 1e-12)
+    gamma = rho * rho * wBw + rho
+    z = rho[..., None] * Bw
+    B = B + u[..., :, None] * (gamma[..., None] * u - z)[..., None, :] - z[..., :, None] * u[..., None, :]
     trace = B.diagonal(dim1=-2, dim2=-1).sum(-1)
     eye = torch.eye(b, dtype=B.dtype, device=B.device)
-    B = (1 - mix) * (b / trace)[..., None, None] * B + mix * eye
-    return 0.5 * (B + B.transpose(-1, -2))
+    # Trace-normalized, mixed with λI and symmetrized (rounding cannot accumulate asymmetry).
+    return torch.addcmul(mix * eye, B + B.transpose(-1, -2), (0.5 * (1 - mix) * b / trace)[..., None, None])
 
 
-def _norm_linear(x: Tensor, w: Tensor, c: Tensor, centring: Tensor, eps: float = 1e-5) -> Tensor:
-    """LayerNorm(x)·W + c for (w, c) from `_fold`, x (R, e): the norm's affine is folded into the
-    weights and its centring and row scale commute with the product, so no normalized copy of x is
-    made. `centring` is I - 11ᵀ/e: rows' means and variances come from matmuls, as reductions over
-    rows of e ≈ 16 run far slower on the CPU (torch's layer_norm there costs as much as five
-    elementwise passes)."""
-    xc = x @ centring
-    var = (xc * xc) @ centring.new_full((x.shape[-1], 1), 1 / x.shape[-1])
-    return torch.addcmul(c, xc @ w, torch.rsqrt(var + eps))
+def _norm_linear(x: Tensor, w: Tensor, c: Tensor, eps: float = 1e-5) -> Tensor:
+    """LayerNorm(x)·W + c for (w, c) from `_fold`, x (R, e): one product gives both the centred x
+    (for the variance) and the centred x times the folded W, because the norm's centring and row
+    scale commute with the product. Rows' means and variances come from matmuls, as reductions
+    over rows of e ≈ 16 run far slower on the CPU (torch's layer_norm there costs as much as five
+    elementwise passes), and no normalized copy of x is made."""
+    e = x.shape[-1]
+    y = x @ w
+    xc = y[:, :e]
+    var = (xc * xc) @ x.new_full((e, 1), 1 / e)
+    return torch.addcmul(c, y[:, e:], torch.rsqrt(var + eps))
 
 
 def _fold(meta: MetaParams, ln: str, w: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
-    """(w, c) of LayerNorm `ln` followed by the linear (w, b): LN(x)·W + b = x̂·(diag(γ)W) + (βW + b)
-    for x̂ the unit-variance centred x."""
-    return meta[f"{ln}.w"][:, None] * w, meta[f"{ln}.b"] @ w + b
+    """(w, c) for `_norm_linear` of LayerNorm `ln` followed by the linear (w, b):
+    LN(x)·W + b = x̂·(diag(γ)W) + (βW + b) for x̂ the unit-variance centred x, and the centring
+    C = I - 11ᵀ/e is a product, so w = [C | C·diag(γ)W]."""
+    e = w.shape[0]
+    centring = torch.eye(e, dtype=w.dtype, device=w.device) - 1 / e
+    return torch.cat([centring, centring @ (meta[f"{ln}.w"][:, None] * w)], dim=1), meta[f"{ln}.b"] @ w + b
 
 
 def _attention(qkv: Tensor, key_bias: Optional[Tensor], heads: int, nb: int) -> Tensor:
@@ -155,6 +161,33 @@ def _attention(qkv: Tensor, key_bias: Optional[Tensor], heads: int, nb: int) -> 
         logits = (logits.reshape(heads, nb, b, b) + key_bias[..., None]).reshape(heads * nb, b, b)
     weights = torch.softmax(logits.transpose(0, 1).contiguous(), dim=0)  # (key, heads·nb, query)
     return (weights.permute(1, 2, 0) @ v).reshape(heads, nb * b, dh)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TensorBlocks:
+    """One tensor's rows for `_block_step`: its (n, F) features with their embedding weight, and
+    its per-block mask (None: no padding), Adam direction, secant pair and preconditioner."""
+
+    inputs: Tensor
+    w_in: Tensor
+    mask: Optional[Tensor]
+    adam: Optional[Tensor]
+    s_hat: Tensor
+    y_hat: Tensor
+    B: Tensor
+
+    def embedded(self, start: int, end: int) -> Tensor:
+        """Coordinates [start, end) embedded (without the bias), (end - start, E); past the tensor's
+        end, zero rows (the padding of its last block)."""
+        x = self.inputs[start:end] @ self.w_in
+        pad = end - start - x.shape[0]
+        return torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x
+
+
+def _rows(run: List[Tuple[int, int, int]], rows: List[Tensor]) -> Tensor:
+    """The rows [start, end) of each tensor in `run` (index, start, end), one after the other."""
+    parts = [rows[i][start:end] for i, start, end in run]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +269,7 @@ class TransformerBFGSRule(LearnedRule):
         with attention's 1/sqrt(head dim) in q, and the output projection split by head."""
         E, H = self.embed, self.heads
         dh = E // H
-        folded = {"centring": torch.eye(E, dtype=meta["embed.w"].dtype, device=meta["embed.w"].device) - 1 / E}
+        folded = {}
         for layer in range(self.layers):
             pre = f"enc{layer}"
             # [q | k | v] (each heads × dh wide) → per head [q_h | k_h | v_h], q scaled.
@@ -253,31 +286,31 @@ class TransformerBFGSRule(LearnedRule):
         folded["heads.w"], folded["heads.b"] = _fold(meta, "final_ln", heads_w, heads_b)
         return folded
 
-    def _encode(self, meta: MetaParams, folded: Dict[str, Tensor], x: Tensor, mask: Tensor) -> Tensor:
+    def _encode(self, meta: MetaParams, folded: Dict[str, Tensor], x: Tensor, mask: Optional[Tensor]) -> Tensor:
         """The pre-LN encoder and the heads' linears: x (NB·b, E) → (NB·b, 5): d, u, w, a, gate logit."""
-        key_bias = (1 - mask) * _MASKED
-        centring = folded["centring"]
+        key_bias = None if mask is None else (1 - mask) * _MASKED
         for layer in range(self.layers):
             pre = f"enc{layer}"
-            qkv = _norm_linear(x, folded[f"{pre}.qkv.w"], folded[f"{pre}.qkv.b"], centring)
+            qkv = _norm_linear(x, folded[f"{pre}.qkv.w"], folded[f"{pre}.qkv.b"])
             x = x + meta[f"{pre}.o.b"]
-            for out, w_o in zip(_attention(qkv, key_bias, self.heads, mask.shape[0]), folded[f"{pre}.o.w"]):
+            for out, w_o in zip(_attention(qkv, key_bias, self.heads, x.shape[0] // self.block_size), folded[f"{pre}.o.w"]):
                 x = torch.addmm(x, out, w_o)
-            h = torch.relu(_norm_linear(x, folded[f"{pre}.ffn1.w"], folded[f"{pre}.ffn1.b"], centring))
+            h = torch.relu(_norm_linear(x, folded[f"{pre}.ffn1.w"], folded[f"{pre}.ffn1.b"]))
             x = torch.addmm(x + meta[f"{pre}.ffn2.b"], h, meta[f"{pre}.ffn2.w"])
-        return _norm_linear(x, folded["heads.w"], folded["heads.b"], centring)
+        return _norm_linear(x, folded["heads.w"], folded["heads.b"])
 
-    def _block_step(self, meta, folded, t, inputs, mask, adam, s_hat, y_hat, B_prev) -> Tuple[Tensor, Tensor]:
-        """The network and the preconditioner update, block by block: (new B, step) per block."""
-        nb, b, n_in = inputs.shape
-        w_embed = meta["embed.w"]
-        bias = meta["embed.b"] + time_features(t) @ w_embed[n_in:]
-        out = self._encode(meta, folded, inputs.reshape(nb * b, n_in) @ w_embed[:n_in] + bias, mask)
+    def _block_step(self, meta, folded, x, mask, adam, s_hat, y_hat, B_prev) -> Tuple[Tensor, Tensor]:
+        """The network and the preconditioner update, block by block: (new B, step) per block.
+        x (NB·b, E): the embedded inputs; mask (NB, b), or None where no block is padded."""
+        nb, b = B_prev.shape[:2]
+        out = self._encode(meta, folded, x, mask).reshape(nb, b, -1)
         # Per coordinate: d and the u, w corrections; per block, the masked mean's a and gate logit
         # (the heads are linear, so the mean of their outputs is their output on the mean).
-        out = out.reshape(nb, b, -1) * mask[..., None]
+        if mask is not None:
+            out = out * mask[..., None]
+        pooled = out[..., 3:].mean(1) if mask is None else out[..., 3:].sum(1) / mask.sum(1, keepdim=True)
         d, u_head, w_head = out[..., :3].unbind(-1)
-        a, gate_logit = (out[..., 3:].sum(1) / mask.sum(1, keepdim=True)).unbind(-1)
+        a, gate_logit = pooled.unbind(-1)
         if adam is not None:
             d = d + adam
         u, w = s_hat + u_head, y_hat + w_head
@@ -289,50 +322,76 @@ class TransformerBFGSRule(LearnedRule):
         delta = -torch.exp(meta["log_lr"] + a)[:, None] * (B @ d.unsqueeze(-1)).squeeze(-1)
         return B, delta
 
+    def _block_steps_in_chunks(self, meta, folded, bias, tensors: List["_TensorBlocks"]) -> Tuple[List[Tensor], List[Tensor]]:
+        """Eager inference: `_block_step` on runs of ≤ CHUNK coordinates (whole blocks) of all tensors
+        in turn, so every intermediate stays in cache. Each run's inputs are embedded piece by piece
+        (no concatenated copy of the n×F features), and its mask is None where no block is padded."""
+        b = self.block_size
+        new_B = [blocks.B.new_empty(blocks.B.shape) for blocks in tensors]
+        steps = [blocks.B.new_empty(blocks.B.shape[:2]) for blocks in tensors]
+        for run in _pieces({i: blocks.B.shape[0] for i, blocks in enumerate(tensors)}, max(1, CHUNK // b)):
+            pieces = [tensors[i].embedded(s * b, e * b) for i, s, e in run]
+            x = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)) + bias
+            field = lambda name: _rows(run, [getattr(blocks, name) for blocks in tensors])
+            mask = None
+            if any(tensors[i].mask is not None for i, _, _ in run):
+                mask = _rows(run, [blk.mask if blk.mask is not None else blk.B.new_ones(blk.B.shape[:2]) for blk in tensors])
+            adam = field("adam") if tensors[0].adam is not None else None
+            B, delta = self._block_step(meta, folded, x, mask, adam, field("s_hat"), field("y_hat"), field("B"))
+            start = 0
+            for i, s, e in run:
+                new_B[i][s:e], steps[i][s:e] = B[start : start + e - s], delta[start : start + e - s]
+                start += e - s
+        return new_B, steps
+
     def update(self, meta, grads, state, params, loss=None, base: Optional[AdamStep] = None):
         fs, b = self.features, self.block_size
         ref = next(iter(params.values()))
         decays = fs.decays(meta, ref)
         t = state["t"] + 1
+        w_embed = meta["embed.w"]
+        n_in = self.n_inputs
 
         names = list(params)
         accs: Dict[str, Dict[str, Tensor]] = {}
-        inputs: List[Tensor] = []
-        masks: List[Tensor] = []
-        adam: List[Tensor] = []
-        secant: List[Tuple[Tensor, Tensor]] = []
+        tensors: List[_TensorBlocks] = []
         clipped: Dict[str, Tensor] = {}
         for name in names:
             p, g = params[name], fs.clip(grads[name])
             accs[name], feats = fs.update(p, g, accumulators_of(state, name), decays)
             feats += [state["s"][name], g - state["g_prev"][name]]
-            inputs.append(to_blocks(stack_full(feats, p.shape, rms_scales(feats)), b))
-            masks.append(block_mask(p.numel(), b, p))
+            adam = None
             if base is not None:
-                adam.append(to_blocks(base(*fs.adam_moments(accs[name], decays), t).reshape(-1), b))
+                adam = to_blocks(base(*fs.adam_moments(accs[name], decays), t).reshape(-1), b)
             # The secant pair (last step, D-scaled gradient change), unit RMS per tensor.
             inv_v = 1 / (safe_sqrt(accs[name]["rms"] / (1 - decays.rms**t)) + self.eps)
             y = (g - state["g_prev"][name]) * inv_v
-            secant.append((to_blocks(unit_rms(state["s"][name].reshape(-1)), b), to_blocks(unit_rms(y.reshape(-1)), b)))
+            tensors.append(_TensorBlocks(
+                # The features' per-tensor normalization is folded into this tensor's embedding.
+                inputs=stack_full(feats, p.shape), w_in=rms_scales(feats)[:, None] * w_embed[:n_in],
+                mask=block_mask(p.numel(), b, p) if p.numel() % b else None, adam=adam,
+                s_hat=to_blocks(unit_rms(state["s"][name].reshape(-1)), b), y_hat=to_blocks(unit_rms(y.reshape(-1)), b),
+                B=state["B"][name],
+            ))  # fmt: skip
             clipped[name] = g
-        counts = [x.shape[0] for x in inputs]
-        blocks = (
-            torch.cat(inputs),
-            torch.cat(masks),  # (NB, b)
-            torch.cat(adam) if base is not None else None,
-            torch.cat([s_hat for s_hat, _ in secant]),
-            torch.cat([y_hat for _, y_hat in secant]),
-            torch.cat([state["B"][n] for n in names]),
-        )
+        bias = meta["embed.b"] + time_features(t) @ w_embed[n_in:]
         folded = self._folded(meta)
         if eager_inference():  # every block is independent from here on: in cache-sized chunks
-            B, delta = rows_in_chunks(functools.partial(self._block_step, meta, folded, t), blocks, CHUNK // b)
+            new_B, steps = self._block_steps_in_chunks(meta, folded, bias, tensors)
         else:
-            B, delta = self._block_step(meta, folded, t, *blocks)
+            cat = lambda rows: torch.cat([rows(blocks) for blocks in tensors])
+            B, delta = self._block_step(
+                meta, folded, cat(lambda t: t.embedded(0, t.B.shape[0] * b)) + bias,
+                cat(lambda t: block_mask(t.inputs.shape[0], b, t.B)),
+                cat(lambda t: t.adam) if base is not None else None,
+                cat(lambda t: t.s_hat), cat(lambda t: t.y_hat), cat(lambda t: t.B),
+            )  # fmt: skip
+            counts = [blocks.B.shape[0] for blocks in tensors]
+            new_B, steps = B.split(counts), delta.split(counts)
 
         updates: Params = {}
         new_state: State = {"t": t, **{k: {} for k in ("B", "s", "g_prev", *ACCUMULATORS)}}
-        for name, B_t, step_t in zip(names, B.split(counts), delta.split(counts)):
+        for name, B_t, step_t in zip(names, new_B, steps):
             p = params[name]
             step_t = step_t.reshape(-1)[: p.numel()].reshape(p.shape)
             updates[name] = step_t
