@@ -8,11 +8,17 @@ Stepping instead of vmapping the unroll is what lets the two things that matter 
   runs under `torch.no_grad`: the inner gradient's graph lives for one step and nothing is recorded
   for a meta-gradient. With `differentiable=True` (truncated backprop) autograd through the returned
   losses gives the meta-gradient.
-- `compile=True` compiles a chunk of `steps_per_call` steps (forward, and for truncated backprop the
-  backward too) and calls it K / steps_per_call times. Compile time then does not grow with K, and a
-  call's overhead (~0.1 ms) is small against a step of a neural task. Compiled chunks are cached by
-  (optimizer, loss, chunk length), so every group and generation of a family reuses them; dynamo
-  keeps one graph per shape under each (`RECOMPILE_LIMIT` of them).
+- `compile=True` compiles a chunk of `steps_per_call` steps and calls it K / steps_per_call times.
+  Compile time then does not grow with K, and a call's overhead (~0.1 ms) is small against a step
+  of a neural task. Compiled chunks are cached by (optimizer, loss, chunk length), so every group
+  and generation of a family reuses them; dynamo keeps one graph per shape under each
+  (`RECOMPILE_LIMIT` of them). For truncated backprop only the vmapped optimizer step is compiled
+  (forward and backward), in a Python loop over the K steps with the inner gradient eager
+  (`differentiable_chunk`): compiling the step with the inner gradient inside makes AOTAutograd
+  differentiate a graph that already holds a backward, which did not finish compiling in 9 min
+  here, while the optimizer step alone is a first-order graph (digits-MLP tasks, `mlp`: 0.54×
+  plain training vs eager's 0.17×, about 190 CPU s of compiling;
+  benchmarks/results/throughput_issue15.md).
 
 Data comes step-major: a tree of (K+1, rows, ...) tensors, so each step's slice is contiguous.
 Results are (params, state, losses) with losses (rows, K+1) as `make_unroll` defines them.
@@ -29,9 +35,9 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.func import vmap
+from torch.func import grad_and_value, vmap
 
-from l2o.meta_train.unroll import make_step
+from l2o.meta_train.unroll import make_step, map_tree
 from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State
 from l2o.optimizers.fused import missing_cxx_compiler
 from l2o.task_distributions.base import Batch
@@ -70,6 +76,34 @@ def steps_chunk(lopt: FunctionalOptimizer, loss_fn: Callable, n: int, per_task_m
     return chunk
 
 
+def differentiable_chunk(lopt: FunctionalOptimizer, loss_fn: Callable, n: int, per_task_meta: bool, second_order: bool = True):
+    """`steps_chunk` for truncated backprop under compile: the vmapped optimizer step compiled
+    (AOTAutograd gives its backward), the inner gradient eager (see the module doc)."""
+    value_and_grad = vmap(grad_and_value(loss_fn), randomness="different")
+    key = ("optimizer step", type(lopt), repr(lopt), per_task_meta)
+    if key not in _COMPILED:
+        in_dims = (0 if per_task_meta else None, 0, 0, 0, 0)
+        step = vmap(lopt.step, in_dims=in_dims, randomness="different")
+        _COMPILED[key] = torch.compile(step, dynamic=False, options=COMPILE_OPTIONS)
+    optimizer_step = _COMPILED[key]
+    # The carried-in params and state do not require grad and later steps' do: made alike, every
+    # step meets the same compiled graph instead of step 1 compiling a second one.
+    as_input = lambda v: v if v.requires_grad or not v.is_floating_point() else v.detach().requires_grad_()
+
+    def chunk(meta: MetaParams, params: Params, state: State, batches: Batch):
+        params, state = map_tree(as_input, params), map_tree(as_input, state)
+        losses = []
+        for i in range(n):
+            grads, loss = value_and_grad(params, {key: v[i] for key, v in batches.items()})
+            if not second_order:
+                grads, loss = {k: g.detach() for k, g in grads.items()}, loss.detach()
+            params, state = optimizer_step(meta, params, grads, state, loss)
+            losses.append(loss)
+        return params, state, torch.stack(losses)
+
+    return chunk
+
+
 def _largest_divisor_at_most(k: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(k, limit)) + 1) if k % d == 0)
 
@@ -94,6 +128,8 @@ class Truncation:
         args = (lopt, loss_fn, self.chunk, per_task_meta, second_order)
         if not compile:
             self._chunk = steps_chunk(*args)
+        elif differentiable:
+            self._chunk = differentiable_chunk(*args)
         else:
             key = (type(lopt), repr(lopt), *args[1:])
             if key not in _COMPILED:
