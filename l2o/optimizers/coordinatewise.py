@@ -11,8 +11,7 @@ speed of its matmuls.
 concatenation of all tensors, so many small tensors share one call. It only applies at eager
 inference — no autograd, no vmap/grad transform, not under torch.compile (`eager_inference`) — and
 above `CHUNK` coordinates: meta-training keeps the plain step, which composes with vmap and grad.
-`rows_in_chunks` does the same for the part of a rule that is independent across rows of some other
-kind (transformer_bfgs's blocks of coordinates, after the per-tensor features).
+transformer_bfgs chunks its blocks of coordinates itself, from each tensor's rows.
 """
 
 from __future__ import annotations
@@ -114,21 +113,3 @@ def chunk_coordinates(method: Callable) -> Callable:
         return update_in_chunks(functools.partial(method, self), meta, grads, state, params, loss, CHUNK, **kwargs)
 
     return update
-
-
-def rows_in_chunks(fn: Callable, rows: Tuple, chunk: int) -> Tuple[Tensor, ...]:
-    """fn(*rows) for tensors (or None) that share a leading dimension of independent rows, run on
-    slices of ≤ chunk rows and concatenated: what `chunk_coordinates` does for rules whose rows are
-    blocks (transformer_bfgs's coordinate blocks) rather than coordinates."""
-    n = next(r for r in rows if r is not None).shape[0]
-    if n <= chunk:
-        return fn(*rows)
-    parts = [fn(*(None if r is None else r[s : s + chunk] for r in rows)) for s in range(0, n, chunk)]
-    return tuple(torch.cat(outs) for outs in zip(*parts))
-
-
-def softmax_last(x: Tensor) -> Tensor:
-    """softmax over the last dimension, for short ones (attention over a block of 8 coordinates):
-    there torch.softmax and single reductions run ~6× slower than this on the CPU."""
-    e = (x - x.amax(-1, keepdim=True)).exp()
-    return e / e.sum(-1, keepdim=True)
