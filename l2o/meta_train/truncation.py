@@ -35,9 +35,9 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
-from l2o.meta_train.unroll import make_step, map_tree
+from l2o.meta_train.unroll import make_gradient, make_step, map_tree
 from l2o.optimizers.base import FunctionalOptimizer, MetaParams, Params, State
 from l2o.optimizers.fused import missing_cxx_compiler
 from l2o.task_distributions.base import Batch
@@ -60,6 +60,11 @@ def compile_unavailable(device: torch.device) -> Optional[str]:
     return f"torch.compile on CPU needs a C++ compiler ({no_compiler})" if no_compiler else None
 
 
+def _at(batches: Batch, i: int) -> Batch:
+    """Step i's slice of step-major batches."""
+    return {key: v[i] for key, v in batches.items()}
+
+
 def steps_chunk(lopt: FunctionalOptimizer, loss_fn: Callable, n: int, per_task_meta: bool, second_order: bool = True):
     """chunk(meta, params, state, batches) -> (params, state, losses (n, rows)): n vmapped inner steps
     on step-major batches (n, rows, ...); meta has a leading rows dimension when `per_task_meta`."""
@@ -69,7 +74,7 @@ def steps_chunk(lopt: FunctionalOptimizer, loss_fn: Callable, n: int, per_task_m
     def chunk(meta: MetaParams, params: Params, state: State, batches: Batch):
         losses = []
         for i in range(n):
-            params, state, loss = step(meta, params, state, {key: v[i] for key, v in batches.items()})
+            params, state, loss = step(meta, params, state, _at(batches, i))
             losses.append(loss)
         return params, state, torch.stack(losses)
 
@@ -79,7 +84,7 @@ def steps_chunk(lopt: FunctionalOptimizer, loss_fn: Callable, n: int, per_task_m
 def differentiable_chunk(lopt: FunctionalOptimizer, loss_fn: Callable, n: int, per_task_meta: bool, second_order: bool = True):
     """`steps_chunk` for truncated backprop under compile: the vmapped optimizer step compiled
     (AOTAutograd gives its backward), the inner gradient eager (see the module doc)."""
-    value_and_grad = vmap(grad_and_value(loss_fn), randomness="different")
+    gradient = vmap(make_gradient(loss_fn, second_order), randomness="different")
     key = ("optimizer step", type(lopt), repr(lopt), per_task_meta)
     if key not in _COMPILED:
         in_dims = (0 if per_task_meta else None, 0, 0, 0, 0)
@@ -94,9 +99,7 @@ def differentiable_chunk(lopt: FunctionalOptimizer, loss_fn: Callable, n: int, p
         params, state = map_tree(as_input, params), map_tree(as_input, state)
         losses = []
         for i in range(n):
-            grads, loss = value_and_grad(params, {key: v[i] for key, v in batches.items()})
-            if not second_order:
-                grads, loss = {k: g.detach() for k, g in grads.items()}, loss.detach()
+            grads, loss = gradient(params, _at(batches, i))
             params, state = optimizer_step(meta, params, grads, state, loss)
             losses.append(loss)
         return params, state, torch.stack(losses)

@@ -47,16 +47,27 @@ def make_unroll(
     return unroll
 
 
+def make_gradient(loss_fn: Callable[[Params, Batch], Tensor], second_order: bool = True):
+    """gradient(params, batch) -> (grads, loss) of one task; without `second_order` both are
+    detached, so a meta-gradient does not differentiate through the inner gradient."""
+    value_and_grad = grad_and_value(loss_fn)
+
+    def gradient(params: Params, batch: Batch):
+        grads, loss = value_and_grad(params, batch)
+        if not second_order:
+            return detach_tree(grads), loss.detach()
+        return grads, loss
+
+    return gradient
+
+
 def make_step(lopt: FunctionalOptimizer, loss_fn: Callable[[Params, Batch], Tensor], second_order: bool = True):
     """step(meta, params, state, batch) -> (params, state, loss): one inner step of one task; `loss`
     is the loss at the incoming params (the one the step's gradient comes from)."""
-    value_and_grad = grad_and_value(loss_fn)
+    gradient = make_gradient(loss_fn, second_order)
 
     def step(meta: MetaParams, params: Params, state: State, batch: Batch):
-        grads, loss = value_and_grad(params, batch)
-        if not second_order:
-            grads = {n: g.detach() for n, g in grads.items()}
-            loss = loss.detach()
+        grads, loss = gradient(params, batch)
         params, state = lopt.step(meta, params, grads, state, loss)
         return params, state, loss
 
