@@ -222,10 +222,10 @@ def clock_state(params: Params, context, max_horizon: Optional[float] = None) ->
     final value (`learned_lr`), instead of being stretched to lengths it was never trained for."""
     ref = next(iter(params.values()))
     horizon = (context or {}).get("horizon")
-    horizon = torch.full((), math.inf) if horizon is None else torch.as_tensor(horizon).to(ref).clamp_min(1.0)
+    horizon = ref.new_full((), math.inf) if horizon is None else torch.as_tensor(horizon).to(ref).clamp_min(1.0)
     if max_horizon is not None:
         horizon = horizon.clamp_max(float(max_horizon))
-    return {"t": ref.new_zeros(()), "horizon": horizon.to(ref)}
+    return {"t": ref.new_zeros(()), "horizon": horizon}
 
 
 def progress_features(t: Tensor, horizon: Tensor) -> Tensor:
