@@ -19,10 +19,12 @@ Every row's "× Adam" pairs each timed step with an Adam step taken just before 
 target is also checked over more rounds with Adam, AdamW and the fused optimizers stepping in turn
 (--interleave): on a shared machine, other tenants slow compute-bound code more than memory-bound
 Adam, so ratios of times taken minutes apart differ by ±30%. `celo`'s Newton–Schulz iteration on a
-d×d matrix (`celo_fused.newton_schulz`, what its fused step runs on each matrix) is timed alone in the same
-rounds, so its share of a celo step is measured rather than estimated. `--layout flat` times one
-flat vector of N parameters instead of a d×d weight + d bias; `--nan-check-ab` also times each
-interleaved optimizer with the adapter's own non-finite check forced on (`nan-check` rows: what a
+d×d matrix (`celo_fused.newton_schulz`, what its fused step runs on each matrix) is timed alone in
+the same rounds, so its share of a celo step is measured rather than estimated, beside celo with
+`ns_dtype="bfloat16"`, `torch.optim.Muon` (bfloat16 Newton–Schulz; AdamW on the bias) and one
+float32 d×d matmul, the floor under any exact orthogonalization of that matrix. `--layout flat`
+times one flat vector of N parameters instead of a d×d weight + d bias; `--nan-check-ab` also times
+each interleaved optimizer with the adapter's own non-finite check forced on (`nan-check` rows: what a
 step cost before the kernel's first pass did that check).
 
     python benchmarks/step_overhead.py --sizes 1e6 --only celo-base,celo --functional "" --compile "" \
@@ -140,6 +142,22 @@ def newton_schulz_step(n: int) -> Callable[[], object]:
     return lambda: newton_schulz(x, steps)
 
 
+def muon_step(n: int) -> Callable[[], object]:
+    """torch.optim.Muon on the d×d weight (its Newton–Schulz runs in bfloat16) and AdamW on the
+    bias: what an orthogonalizing optimizer costs without anything learned."""
+    weight, bias = make_params(n)
+    muon = torch.optim.Muon([weight], lr=1e-3, weight_decay=0.01)
+    adamw = torch.optim.AdamW([bias], lr=1e-3, weight_decay=0.01, foreach=True)
+    return lambda: (muon.step(), adamw.step())
+
+
+def matmul_step(n: int) -> Callable[[], object]:
+    """One float32 d×d matrix product: a floor under any exact orthogonalization of a d×d update."""
+    d = max(1, round(math.sqrt(n)))
+    x = torch.randn(d, d, generator=torch.Generator().manual_seed(0))
+    return lambda: x @ x
+
+
 def interleaved(n: int, names: List[str], warmup: int, rounds: int, nan_check: bool = False) -> Dict:
     """The ≤ 3× target, measured fairly on a shared machine: Adam, AdamW and each optimizer step in
     turn, round after round, so all see the same load (other tenants slow compute-bound code more
@@ -154,6 +172,10 @@ def interleaved(n: int, names: List[str], warmup: int, rounds: int, nan_check: b
             steps[f"{name} (nan-check)"] = stepper(forced)
         if name == "celo" and LAYOUT != "flat":
             steps["celo: Newton–Schulz alone"] = newton_schulz_step(n)
+            fast = l2o.LearnedOptimizer(make_params(n), optimizer=optimizers.build("celo", ns_dtype="bfloat16"), num_steps=HORIZON)
+            steps["celo, ns_dtype=bfloat16"] = stepper(fast)
+            steps["torch.Muon + AdamW (bias)"] = muon_step(n)
+            steps["one d×d matmul"] = matmul_step(n)
     for step in steps.values():
         for _ in range(warmup):
             step()

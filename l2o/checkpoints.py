@@ -8,6 +8,7 @@ it as `<name>.json`. Writes are atomic (temp file + rename), so a crash never le
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -19,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from l2o.errors import CheckpointError, OutputError, UnknownNameError
+from l2o.errors import CheckpointError, ConfigError, OutputError, UnknownNameError
 
 FORMAT_VERSION = 1
 _META_KEY = "l2o"
@@ -194,8 +195,23 @@ def shipped() -> List[str]:
     return sorted(p.stem for p in shipped_dir().glob("*.safetensors"))
 
 
-def load(name_or_path, device: str | torch.device = "cpu"):
-    """(optimizer, meta, info) from a checkpoint path or shipped name; validates everything."""
+def _override(lopt, overrides: Dict[str, Any]):
+    """lopt with some hyperparameters replaced; a name it does not have or a bad value is a one-line error."""
+    names = {f.name for f in dataclasses.fields(lopt)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"{lopt.name} has no hyperparameter {', '.join(map(repr, unknown))} (it has {', '.join(sorted(names))})")
+    try:
+        return dataclasses.replace(lopt, **overrides)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{lopt.name}: bad override: {err}") from None
+
+
+def load(name_or_path, device: str | torch.device = "cpu", overrides: Optional[Dict[str, Any]] = None):
+    """(optimizer, meta, info) from a checkpoint path or shipped name; validates everything.
+
+    `overrides` replaces some of the architecture's saved hyperparameters, those that change how the
+    trained weights are applied, not their shapes (e.g. celo's {"ns_dtype": "bfloat16"})."""
     from l2o import optimizers
 
     path = resolve(name_or_path)
@@ -212,6 +228,8 @@ def load(name_or_path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{path}: {err}") from None
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: hyperparameters do not fit architecture {arch!r}: {err}") from None
+    if overrides:
+        lopt = _override(lopt, overrides)
     expected = lopt.init_meta(torch.Generator().manual_seed(0))
     problems = [f"missing {k}" for k in expected if k not in tensors]
     problems += [f"unexpected {k}" for k in tensors if k not in expected]

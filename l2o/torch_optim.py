@@ -97,6 +97,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             through it, updating parameters and state in place: None (default) when it applies
             (float32 CPU tensors) and builds on this machine, else the functional step; True to
             require it (errors instead of falling back); False for the functional step always.
+        overrides: with a checkpoint, hyperparameters of its architecture to replace, those that
+            change how the trained weights are applied (e.g. `{"ns_dtype": "bfloat16"}` for celo's
+            faster Newton–Schulz, `{"max_horizon": None}`); a name it lacks is an error.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         num_steps: Optional[int] = None,
         context: Optional[Dict[str, float]] = None,
         fused: Optional[bool] = None,
+        overrides: Optional[Dict[str, object]] = None,
     ):
         if not 0 <= lr < math.inf:  # (nan fails every comparison)
             raise ConfigError(f"invalid lr multiplier: {lr} (a finite number ≥ 0)")
@@ -118,8 +122,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"invalid weight_decay: {weight_decay} (a finite number ≥ 0)")
         if (checkpoint is None) == (optimizer is None):
             raise ValueError("give exactly one of checkpoint=... or optimizer=...")
+        if overrides and checkpoint is None:
+            raise ValueError("overrides=... changes a checkpoint's hyperparameters; with optimizer=..., build it with them")
         if checkpoint is not None:
-            lopt, meta, self.info = checkpoints.load(checkpoint)
+            lopt, meta, self.info = checkpoints.load(checkpoint, overrides=overrides)
         else:
             lopt = registry.build(optimizer) if isinstance(optimizer, str) else optimizer
             meta = meta if meta is not None else lopt.init_meta(torch.Generator().manual_seed(0))

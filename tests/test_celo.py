@@ -212,9 +212,11 @@ def test_runs_past_max_horizon_follow_the_schedule_then_decay():
     assert lrs(optimizers.build("celo"), 400, [50])[0] != short[1]
 
 
-def test_fused_step_equals_functional_with_both_extrapolation_rules():
-    """The kernel path applies the spectral cap and the horizon cap as the composition does."""
-    lopt = optimizers.build("celo", max_side=8, max_horizon=5)
+@pytest.mark.parametrize("ns_dtype", [None, "bfloat16"])
+def test_fused_step_equals_functional_with_both_extrapolation_rules(ns_dtype):
+    """The kernel path applies the spectral cap, the horizon cap and Newton–Schulz's dtype as the
+    composition does."""
+    lopt = optimizers.build("celo", max_side=8, max_horizon=5, ns_dtype=ns_dtype)
     if lopt.fused_unsupported():
         pytest.skip(lopt.fused_unsupported())
     torch.manual_seed(0)

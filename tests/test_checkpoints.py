@@ -6,8 +6,9 @@ import struct
 import pytest
 import torch
 
+import l2o
 from l2o import checkpoints, optimizers
-from l2o.errors import CheckpointError
+from l2o.errors import CheckpointError, ConfigError
 
 
 def _saved(tmp_path, **hyper):
@@ -98,6 +99,23 @@ def test_shape_mismatch(tmp_path):
     _rewrite_header(path, lambda h, t: h["hyperparameters"].update(hidden=9))
     with pytest.raises(CheckpointError, match="weights do not match 'lstm'.*shape"):
         checkpoints.load(path)
+
+
+def test_overrides_replace_hyperparameters_and_refuse_what_does_not_fit(tmp_path):
+    path, lopt, meta = _saved(tmp_path, hidden=7)
+    loaded, loaded_meta, _ = checkpoints.load(path, overrides={"output_scale": 0.5})
+    assert loaded.output_scale == 0.5 and loaded.hidden == 7 and loaded_meta.keys() == meta.keys()
+    with pytest.raises(ConfigError, match="lstm has no hyperparameter 'step_size'"):
+        checkpoints.load(path, overrides={"step_size": 0.5})
+    with pytest.raises(ConfigError, match="bad override"):
+        checkpoints.load(path, overrides={"preprocess": "sign"})
+    with pytest.raises(CheckpointError, match="weights do not match 'lstm'.*shape"):
+        checkpoints.load(path, overrides={"hidden": 9})
+    params = [torch.nn.Parameter(torch.ones(3))]
+    opt = l2o.LearnedOptimizer(params, checkpoint="celo", overrides={"ns_dtype": "bfloat16"})
+    assert opt.lopt.ns_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="overrides=... changes a checkpoint"):
+        l2o.LearnedOptimizer(params, optimizer="celo", overrides={"ns_dtype": "bfloat16"})
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):

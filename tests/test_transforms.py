@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.func import vmap
 
@@ -42,6 +43,17 @@ def test_newton_schulz_pushes_singular_values_towards_one():
     # Muon's quintic iteration is tuned for speed, not exactness: singular values land in ~[0.7, 1.2].
     assert 0.6 < float(s.min()) and float(s.max()) < 1.25
     assert float(torch.linalg.svdvals(x).max() / torch.linalg.svdvals(x).min()) > 2  # it had work to do
+
+
+def test_newton_schulz_in_bfloat16_is_float32_to_its_rounding_and_returns_float32():
+    x = torch.randn(48, 20, generator=torch.Generator().manual_seed(2))
+    exact, fast = T.newton_schulz(x), T.newton_schulz(x, dtype=T.ns_dtype("bfloat16"))
+    assert fast.dtype == torch.float32 and not torch.equal(fast, exact)  # it did run in bfloat16
+    torch.testing.assert_close(fast, exact, rtol=0, atol=0.05 * float(exact.abs().max()))
+    s = torch.linalg.svdvals(fast)
+    assert 0.6 < float(s.min()) and float(s.max()) < 1.25
+    with pytest.raises(ValueError, match="Newton–Schulz dtype"):
+        T.ns_dtype("float8")
 
 
 def test_orthogonalize_treats_conv_kernels_as_matrices_and_passes_vectors():

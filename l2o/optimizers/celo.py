@@ -174,6 +174,7 @@ class Celo(T.Composed):
     momentum: float = 0.95  # celo's base (Muon) momentum, Nesterov
     adam_betas: Tuple[float, float] = (0.9, 0.95)  # the harness's AdamW for vectors
     ns_steps: int = 5
+    ns_dtype: Optional[str] = None  # "bfloat16": Newton–Schulz as torch.optim.Muon runs it (faster; meta-trained in float32)
     vector_names: Tuple[str, ...] = VECTOR_NAMES
     # Extrapolation past meta-training (None: off; the shipped checkpoint sets both, docs/celo.md):
     max_side: Optional[int] = None  # the widest matrix side meta-trained on: caps larger ones' spectral step
@@ -196,6 +197,7 @@ class Celo(T.Composed):
             raise ValueError(f"celo: hidden and layers must be ≥ 1, got hidden={self.hidden}, layers={self.layers}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError(f"celo: lr must be > 0 and weight_decay ≥ 0, got {self.lr}, {self.weight_decay}")
+        T.ns_dtype(self.ns_dtype)
         object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
         object.__setattr__(self, "vector_names", tuple(self.vector_names))
 
@@ -205,7 +207,7 @@ class Celo(T.Composed):
         if self.harness:
             base = T.chain(T.TraceMomentum(self.momentum, nesterov=True), T.NormalizeRMS())
             learned = T.Sum(base, rule) if deterministic else rule
-            matrices = T.chain(learned, T.Orthogonalize(self.ns_steps), T.NormalizeRMS(), T.CapSpectralNorm(self.max_side))
+            matrices = T.chain(learned, T.Orthogonalize(self.ns_steps, self.ns_dtype), T.NormalizeRMS(), T.CapSpectralNorm(self.max_side))
             vectors = T.scale_by_adam(*self.adam_betas)
             direction = T.partition(T.by_name_or_ndim(self.vector_names), {"matrix": matrices, "vector": vectors})
         else:

@@ -60,6 +60,7 @@ class Layout:
     vector_adam: Optional[Tuple[str, object]]  # the harness's ScaleByAdam for vectors
     partition: Optional[T.Partition]
     orthogonalize: int  # Newton–Schulz steps on the matrices' directions (0: none)
+    ns_dtype: Optional[torch.dtype]  # what Newton–Schulz iterates in (None: float32)
     normalize_eps: float
     weight_decay: float
     max_side: Optional[int]  # CapSpectralNorm's
@@ -84,6 +85,7 @@ def layout(lopt) -> Layout:
         vector_adam=vector[0] if vector else None,
         partition=partition,
         orthogonalize=found[T.Orthogonalize][0][1].steps if T.Orthogonalize in found else 0,
+        ns_dtype=T.ns_dtype(found[T.Orthogonalize][0][1].dtype) if T.Orthogonalize in found else None,
         normalize_eps=found[T.NormalizeRMS][0][1].eps,
         weight_decay=found[T.AddDecayedWeights][0][1].weight_decay,
         max_side=found[T.CapSpectralNorm][0][1].max_side if T.CapSpectralNorm in found else None,
@@ -113,10 +115,13 @@ def _output_buffer(p: torch.Tensor) -> torch.Tensor:
     return buffer[: p.numel()].view(p.shape)
 
 
-def newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """`transforms.newton_schulz` (its coefficients, scaling and orientation) for a 2-D x, with
-    aX + (bA + cA²)X as two addmm calls instead of three products and four elementwise passes:
-    ~20% less time at 1000² on CPU, the same result to float rounding (4e-7 of entries ≤ 0.14)."""
+def newton_schulz(x: torch.Tensor, steps: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """`transforms.newton_schulz` (its coefficients, scaling and orientation) for a 2-D x,
+    with aX + (bA + cA²)X as two addmm calls instead of three products and four elementwise passes:
+    ~20% less time at 1000² on CPU, the same result to float rounding (4e-7 of entries ≤ 0.14).
+    In bfloat16 the two forms round differently (~1e-2), so there it runs the functional one."""
+    if dtype is not None:
+        return T.newton_schulz(x, steps, dtype=dtype)
     a, b, c = T.NS_COEFFICIENTS
     tall = x.shape[-2] > x.shape[-1]
     y = x.mT if tall else x
@@ -171,7 +176,7 @@ def fused_step(lopt, meta, params, grads, state, scale=None, contain: Optional[f
         squares = fused.apply(fs, consts, tp, layers, 1.0, 0.0, out=out, base_coef=coef)
         cap = 1.0
         if lay.orthogonalize and p.dim() >= 2:
-            out = newton_schulz(out.reshape(p.shape[0], -1), lay.orthogonalize).reshape(p.shape)
+            out = newton_schulz(out.reshape(p.shape[0], -1), lay.orthogonalize, lay.ns_dtype).reshape(p.shape)
             squares = float(out.square().sum())
             cap = T.spectral_cap(p.shape, lay.max_side)
         if lay.weight_decay:

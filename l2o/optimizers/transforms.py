@@ -328,20 +328,36 @@ class NormalizeRMS(_Stateless):
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton–Schulz iteration (Jordan et al. 2024)
 
 
-def newton_schulz(x: Tensor, steps: int = 5, coefficients: Sequence[float] = NS_COEFFICIENTS, eps: float = 1e-7) -> Tensor:
+NS_DTYPES = {None: None, "float32": None, "bfloat16": torch.bfloat16}
+
+
+def ns_dtype(name: Optional[str]) -> Optional[torch.dtype]:
+    """The dtype Newton–Schulz iterates in: None (the input's, float32 here) or "bfloat16", as
+    torch.optim.Muon and Muon's reference iterate: ~5× faster on CPUs with bfloat16 matmuls, and its
+    result differs from float32's by bfloat16 rounding (~3% of an entry)."""
+    if name not in NS_DTYPES:
+        raise ValueError(f"Newton–Schulz dtype must be one of {sorted(k for k in NS_DTYPES if k)}, got {name!r}")
+    return NS_DTYPES[name]
+
+
+def newton_schulz(
+    x: Tensor, steps: int = 5, coefficients: Sequence[float] = NS_COEFFICIENTS, eps: float = 1e-7, dtype: Optional[torch.dtype] = None
+) -> Tensor:
     """Approximately U·Vᵀ of x = U·S·Vᵀ (its nearest semi-orthogonal matrix), for a 2-D x.
 
     The quintic iteration X ← aX + (bA + cA²)X, A = XXᵀ, on x scaled to spectral norm ≤ 1 (by its
     Frobenius norm) pushes every singular value towards 1 in a few steps; wide orientation keeps A
-    the smaller Gram matrix.
+    the smaller Gram matrix. With `dtype` the iteration runs in it and the result comes back in x's.
     """
     a, b, c = coefficients
     tall = x.shape[-2] > x.shape[-1]
     y = x.mT if tall else x
     y = y / (torch.linalg.matrix_norm(y, keepdim=True) + eps)
+    y = y if dtype is None else y.to(dtype)
     for _ in range(steps):
         gram = y @ y.mT
         y = a * y + (b * gram + c * gram @ gram) @ y
+    y = y if dtype is None else y.to(x.dtype)
     return y.mT if tall else y
 
 
@@ -352,12 +368,15 @@ class Orthogonalize(_Stateless):
 
     name = "orthogonalize"
     steps: int = 5
+    dtype: Optional[str] = None  # `ns_dtype`: None iterates in the update's dtype, "bfloat16" as Muon
 
     def update(self, meta, grads, state, params, loss=None):
+        dtype = ns_dtype(self.dtype)
+
         def ortho(u: Tensor) -> Tensor:
             if u.dim() < 2:
                 return u
-            return newton_schulz(u.reshape(u.shape[0], -1), self.steps).reshape(u.shape)
+            return newton_schulz(u.reshape(u.shape[0], -1), self.steps, dtype=dtype).reshape(u.shape)
 
         return tree_map(ortho, grads), state
 
