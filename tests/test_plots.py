@@ -62,3 +62,23 @@ def test_a_curve_that_reaches_zero_is_drawn_on_the_axis_floor_not_dropped(tmp_pa
     path = plots.plot_curves(results, steps, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots._suite_label(results) == "my_tasks.py:SUITE"
+
+
+def test_the_speedup_plot_names_the_reference_it_was_measured_against(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    results = {
+        "suite": "quickstart", "reference": "adamw", "horizons": [4],
+        "metrics": {"learned": {"4": {"fam": {"speedup": [1.5, 2.0], "speedup_censored": [False, True]}}}},
+    }
+    drawn, save = [], matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        drawn.append((fig._suptitle.get_text(), fig.axes[0].get_ylabel()))
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    assert plots.plot_speedups(results, tmp_path / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+    title, ylabel = drawn[0]
+    assert "tuned AdamW's steps" in title and "Adam's" not in title.replace("AdamW's", "")
+    assert ylabel == "speedup over tuned AdamW (steps ratio)"

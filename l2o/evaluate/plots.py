@@ -111,8 +111,8 @@ def _draw_family(ax_loss, ax_ratio, results: Dict, steps: str, fam: str) -> None
 def plot_curves(results: Dict, steps: str, path: Path) -> Path:
     """Per family, two panels: the median loss and interquartile band of every optimizer (log scale;
     the axis stops `BAND_DECADES` below the lowest median, values under it — zeros too — drawn on
-    its edge), and below it the same quantiles of each run's loss relative to tuned Adam's on the
-    same task (< 1: better than tuned Adam)."""
+    its edge), and below it the same quantiles of each run's loss relative to the tuned reference's
+    on the same task (< 1: better than it)."""
     plt = _pyplot()
     families = list(results["tasks"])
     cols = min(3, len(families))
@@ -140,13 +140,21 @@ def plot_curves(results: Dict, steps: str, path: Path) -> Path:
     return path
 
 
-def plot_speedups(results: Dict, path: Path) -> Path:
-    """Per horizon, the distribution of per-run speedups over tuned Adam of every other optimizer.
+def _reference_label(results: Dict) -> str:
+    """The reference baseline as the plots name it: torch's spelling for the Adam family."""
+    name = str(results.get("reference") or "adam")
+    return {"adam": "Adam", "adamw": "AdamW", "sgdm": "SGD-momentum"}.get(name, name)
 
-    Censored runs (Adam never reached the optimizer's final loss) sit at their lower bound and are
-    drawn as open triangles.
+
+def plot_speedups(results: Dict, path: Path) -> Path:
+    """Per horizon, the distribution of per-run speedups over the tuned reference (results'
+    "reference", Adam unless chosen) of every other optimizer.
+
+    Censored runs (the reference never reached the optimizer's final loss) sit at their lower bound
+    and are drawn as open triangles.
     """
     plt = _pyplot()
+    reference = _reference_label(results)
     horizons = [str(h) for h in results["horizons"]]
     fig, axes = plt.subplots(1, len(horizons), figsize=(max(6.4, 5 * len(horizons)), 3.8), squeeze=False)
     for ax, n in zip(axes.flat, horizons):
@@ -161,11 +169,11 @@ def plot_speedups(results: Dict, path: Path) -> Path:
         ax.axhline(1.0, color="gray", lw=0.8, ls=":")
         ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
         ax.set_title(f"{n} steps")
-        ax.set_ylabel("speedup over tuned Adam (steps ratio)")
+        ax.set_ylabel(f"speedup over tuned {reference} (steps ratio)")
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(
-        f"{_suite_label(results)}: speedup = tuned Adam's steps to reach the final loss ÷ steps\n"
-        "(△ censored: tuned Adam never got there; the value is a lower bound)",
+        f"{_suite_label(results)}: speedup = tuned {reference}'s steps to reach the final loss ÷ steps\n"
+        f"(△ censored: tuned {reference} never got there; the value is a lower bound)",
         fontsize=9,
     )
     fig.tight_layout()
