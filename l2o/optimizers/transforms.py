@@ -333,8 +333,9 @@ NS_DTYPES = {None: None, "float32": None, "bfloat16": torch.bfloat16}
 
 def ns_dtype(name: Optional[str]) -> Optional[torch.dtype]:
     """The dtype Newton–Schulz iterates in: None (the input's, float32 here) or "bfloat16", as
-    torch.optim.Muon and Muon's reference iterate: ~5× faster on CPUs with bfloat16 matmuls, and its
-    result differs from float32's by bfloat16 rounding (~3% of an entry)."""
+    torch.optim.Muon and Muon's reference iterate: ~4× faster at 1000² on a CPU with bfloat16
+    matmuls (benchmarks/RESULTS.md), its result off float32's by bfloat16 rounding (up to ~3% of
+    the largest entry)."""
     if name not in NS_DTYPES:
         raise ValueError(f"Newton–Schulz dtype must be one of {sorted(k for k in NS_DTYPES if k)}, got {name!r}")
     return NS_DTYPES[name]
